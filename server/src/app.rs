@@ -1,0 +1,98 @@
+//! The application: every service, built once at start and shared by the handlers.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::watch;
+
+use crate::auth::service_key::ServiceKey;
+use crate::changes::Changes;
+use crate::config::Config;
+use crate::documents::Documents;
+use crate::documents::access::Access;
+use crate::documents::catalog::{Catalog, Declared};
+use crate::documents::hooks::NoHooks;
+use crate::store::Store;
+
+/// Everything a request handler may need.
+pub struct App {
+    pub config: Config,
+    pub store: Store,
+    pub catalog: Arc<Catalog>,
+    pub documents: Documents,
+    pub changes: Changes,
+    pub service_key: ServiceKey,
+    pub metrics: PrometheusHandle,
+    pub started: Instant,
+    stop: watch::Sender<bool>,
+    tasks: tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// The shared state handlers receive.
+pub type AppState = Arc<App>;
+
+impl App {
+    /// Opens the store, loads the catalog, applies declared collections and starts the
+    /// background tasks.
+    pub async fn build(config: Config) -> anyhow::Result<AppState> {
+        let started = Instant::now();
+        let metrics = crate::telemetry::metrics();
+        let store = Store::open(&config.store_options())
+            .await
+            .context("opening the database")?;
+        let service_key = ServiceKey::load(&store, config.service_key.as_ref(), &config.data_dir)
+            .await
+            .context("loading the service key")?;
+        let catalog = Catalog::load(store.clone())
+            .await
+            .context("loading collections")?;
+        for (name, decl) in &config.collections {
+            let outcome = catalog
+                .declare(name, decl.spec())
+                .await
+                .with_context(|| format!("applying collection `{name}` from the config file"))?;
+            if outcome != Declared::Unchanged {
+                tracing::info!(collection.name = %name, ?outcome, "collection declared by the config file");
+            }
+        }
+        let documents = Documents::new(
+            store.clone(),
+            catalog.clone(),
+            Arc::new(Access),
+            Arc::new(NoHooks),
+        );
+        let changes = Changes::new(store.clone(), config.changes.retention);
+        let (stop, stop_rx) = watch::channel(false);
+        let tasks = vec![
+            catalog.follow_remote(),
+            tokio::spawn(
+                changes
+                    .clone()
+                    .prune_loop(config.changes.prune_interval, stop_rx),
+            ),
+        ];
+        Ok(Arc::new(App {
+            config,
+            store,
+            catalog,
+            documents,
+            changes,
+            service_key,
+            metrics,
+            started,
+            stop,
+            tasks: tokio::sync::Mutex::new(tasks),
+        }))
+    }
+
+    /// Stops background tasks and closes the database (after queued writes finish).
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks.lock().await.drain(..) {
+            task.abort();
+        }
+        self.store.close().await;
+    }
+}

@@ -1,0 +1,183 @@
+//! A document: the server-owned system fields and the user's data.
+
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::{Map, Value};
+
+use super::Error;
+use crate::query::{Fields, SystemField};
+use crate::store::DocRow;
+
+/// A stored document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    pub id: String,
+    pub owner: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub version: i64,
+    pub data: Map<String, Value>,
+}
+
+impl Document {
+    pub fn from_row(row: DocRow) -> Result<Document, Error> {
+        let data = match serde_json::from_str::<Value>(&row.data) {
+            Ok(Value::Object(map)) => map,
+            _ => {
+                return Err(Error::Internal(format!(
+                    "BUG: stored document {} is not a JSON object",
+                    row.id
+                )));
+            }
+        };
+        Ok(Document {
+            id: row.id,
+            owner: row.owner,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            version: row.version,
+            data,
+        })
+    }
+
+    /// The row to store, with `data` as canonical JSON text.
+    pub fn to_row(&self) -> DocRow {
+        DocRow {
+            id: self.id.clone(),
+            owner: self.owner.clone(),
+            created_at: self.created_at.clone(),
+            updated_at: self.updated_at.clone(),
+            version: self.version,
+            data: serde_json::to_string(&self.data).unwrap_or_else(|_| "{}".to_owned()),
+        }
+    }
+
+    /// The document as the API shows it: system fields first, then the data.
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+
+    pub fn to_json_string(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Keeps only the given top-level/dotted fields (and `_id`).
+    pub fn project(&self, fields: &[crate::query::Field]) -> Value {
+        let mut out = Map::new();
+        out.insert("_id".into(), Value::String(self.id.clone()));
+        for field in fields {
+            match field {
+                crate::query::Field::System(sys) => {
+                    out.insert(sys.name().into(), self.system(*sys));
+                }
+                crate::query::Field::User(path) => {
+                    if let Some(value) = field.lookup(self) {
+                        insert_path(&mut out, path, value.into_owned());
+                    }
+                }
+            }
+        }
+        Value::Object(out)
+    }
+}
+
+fn insert_path(out: &mut Map<String, Value>, path: &[String], value: Value) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut current = out;
+    for segment in parents {
+        let entry = current
+            .entry(segment.clone())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !entry.is_object() {
+            *entry = Value::Object(Map::new());
+        }
+        let Value::Object(next) = entry else { return };
+        current = next;
+    }
+    current.insert(last.clone(), value);
+}
+
+impl Serialize for Document {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.data.len() + 5))?;
+        map.serialize_entry("_id", &self.id)?;
+        map.serialize_entry("_owner", &self.owner)?;
+        map.serialize_entry("_created_at", &self.created_at)?;
+        map.serialize_entry("_updated_at", &self.updated_at)?;
+        map.serialize_entry("_version", &self.version)?;
+        for (k, v) in &self.data {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl Fields for Document {
+    fn system(&self, field: SystemField) -> Value {
+        match field {
+            SystemField::Id => Value::String(self.id.clone()),
+            SystemField::Owner => self.owner.clone().map(Value::String).unwrap_or(Value::Null),
+            SystemField::CreatedAt => Value::String(self.created_at.clone()),
+            SystemField::UpdatedAt => Value::String(self.updated_at.clone()),
+            SystemField::Version => Value::from(self.version),
+        }
+    }
+
+    fn data(&self) -> &Map<String, Value> {
+        &self.data
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::query::Field;
+    use serde_json::json;
+
+    fn doc() -> Document {
+        Document {
+            id: "d1".into(),
+            owner: None,
+            created_at: "2026-01-01T00:00:00.000Z".into(),
+            updated_at: "2026-01-01T00:00:00.000Z".into(),
+            version: 1,
+            data: json!({"b": 1, "a": {"x": 1, "y": 2}})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn serializes_system_fields_first() {
+        let text = doc().to_json_string();
+        assert!(
+            text.starts_with(r#"{"_id":"d1","_owner":null,"_created_at""#),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(r#""_version":1,"a":{"x":1,"y":2},"b":1}"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn projects_fields() {
+        let fields = vec![
+            Field::parse("a.y").unwrap(),
+            Field::parse("_version").unwrap(),
+        ];
+        assert_eq!(
+            doc().project(&fields),
+            json!({"_id": "d1", "a": {"y": 2}, "_version": 1})
+        );
+    }
+
+    #[test]
+    fn round_trips_through_a_row() {
+        let d = doc();
+        assert_eq!(Document::from_row(d.to_row()).unwrap(), d);
+        assert_eq!(d.to_row().data, r#"{"a":{"x":1,"y":2},"b":1}"#);
+    }
+}

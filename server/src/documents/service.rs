@@ -1,0 +1,940 @@
+//! The write pipeline and the read paths.
+//!
+//! Every document write — REST, batch, admin, cloud code — runs through [`Documents`]:
+//!
+//! 1. parse and validate the input (field names, depth, JSON Schema);
+//! 2. refuse principals no rule could allow (before reading anything);
+//! 3. run before-hooks, which may change the data or reject the write;
+//! 4. in the writer's transaction: load the stored document, apply the update, check the
+//!    rule on the current state (`doc`) and the result (`new`), write the document and
+//!    append a change row. Concurrent writes share one commit (group commit);
+//! 5. after the commit the writer wakes the bus; realtime and after-triggers read the log.
+
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::Error;
+use super::access::{Access, Operation};
+use super::catalog::Catalog;
+use super::collection::Collection;
+use super::document::Document;
+use super::hooks::{BeforeEvent, Hooks};
+use super::update::Update;
+use super::validate::{check_size, projection, validate_data};
+use crate::auth::Principal;
+use crate::query::{Cursor, Filter, limits, parse_sort};
+use crate::store::{DocQuery, NewChange, Store, Tx};
+use crate::util::{id::new_id, time};
+
+/// The kinds of write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteKind {
+    Create,
+    Update,
+    Replace,
+    Delete,
+}
+
+/// A write, validated and ready for the transaction.
+enum Prepared {
+    Create {
+        coll: Arc<Collection>,
+        doc: Document,
+    },
+    Update {
+        coll: Arc<Collection>,
+        id: String,
+        update: Update,
+        if_match: Option<i64>,
+    },
+    Replace {
+        coll: Arc<Collection>,
+        id: String,
+        data: Map<String, Value>,
+        /// Set by privileged callers only.
+        owner: Option<Option<String>>,
+        if_match: Option<i64>,
+        upsert: bool,
+    },
+    Delete {
+        coll: Arc<Collection>,
+        id: String,
+        if_match: Option<i64>,
+    },
+}
+
+/// What a write did.
+#[derive(Debug, Clone)]
+pub enum BatchResult {
+    Created(Document),
+    Updated(Document),
+    Deleted(String),
+}
+
+impl BatchResult {
+    pub fn to_json(&self) -> Value {
+        match self {
+            BatchResult::Created(doc) | BatchResult::Updated(doc) => doc.to_json(),
+            BatchResult::Deleted(id) => serde_json::json!({"_id": id, "deleted": true}),
+        }
+    }
+}
+
+/// One operation of `POST /v1/db/batch`.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchOp {
+    /// `create`, `update`, `replace` or `delete`.
+    pub op: String,
+    pub collection: String,
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub data: Option<Value>,
+    /// Like `If-Match`: the write applies only at this `_version`.
+    #[serde(default)]
+    pub if_match: Option<i64>,
+    /// For `replace`: create the document when it does not exist.
+    #[serde(default)]
+    pub upsert: bool,
+}
+
+/// A query, from the URL (`GET`) or a body (`POST …/query`).
+#[derive(Debug, Clone, Default)]
+pub struct QueryRequest {
+    pub filter: Value,
+    pub sort: Option<String>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+    pub offset: Option<u64>,
+    pub fields: Option<String>,
+    pub count: bool,
+}
+
+/// A page of results.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct QueryPage {
+    pub items: Vec<Value>,
+    pub next_cursor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+}
+
+/// A checked query, ready for the store.
+struct PlannedQuery {
+    filter: Filter,
+    sort: Vec<crate::query::SortKey>,
+    cursor: Option<Cursor>,
+    offset: u64,
+    limit: u32,
+    fields: Option<Vec<crate::query::Field>>,
+}
+
+impl PlannedQuery {
+    fn doc_query(&self, limit: u32) -> DocQuery<'_> {
+        DocQuery {
+            filter: &self.filter,
+            sort: &self.sort,
+            after: self.cursor.as_ref().map(|c| c.values.as_slice()),
+            offset: self.offset,
+            limit,
+        }
+    }
+}
+
+/// The documents service.
+pub struct Documents {
+    store: Store,
+    catalog: Arc<Catalog>,
+    access: Arc<Access>,
+    hooks: Arc<dyn Hooks>,
+}
+
+/// Largest batch.
+pub const MAX_BATCH: usize = 500;
+
+/// A document id a client may propose or address: 1-128 of `A-Z a-z 0-9 _ -`, starting
+/// with a letter or digit.
+pub fn parse_doc_id(id: &str) -> Result<String, Error> {
+    let mut chars = id.chars();
+    let valid = id.len() <= 128
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        // `/v1/db/{collection}/query` is the query endpoint.
+        && id != "query";
+    if valid {
+        Ok(id.to_owned())
+    } else {
+        Err(Error::BadRequest(
+            "document ids are 1-128 letters, digits, `_` or `-`, starting with a letter or digit (and not `query`)".into(),
+        ))
+    }
+}
+
+/// A written body split apart: proposed `_id`, `_owner` (set, possibly to null, by a
+/// privileged caller), and the user data.
+type SplitBody = (Option<String>, Option<Option<String>>, Map<String, Value>);
+
+/// Splits a written body into the proposed `_id`, an `_owner` (privileged callers only) and
+/// the user data, refusing any other system field.
+fn split_body(body: Value, principal: &Principal) -> Result<SplitBody, Error> {
+    let Value::Object(mut data) = body else {
+        return Err(Error::BadRequest("a document must be a JSON object".into()));
+    };
+    let id = match data.remove("_id") {
+        None => None,
+        Some(Value::String(s)) => Some(parse_doc_id(&s)?),
+        Some(_) => return Err(Error::BadRequest("`_id` must be a string".into())),
+    };
+    let owner = match data.remove("_owner") {
+        None => None,
+        Some(_) if !principal.is_privileged() => {
+            return Err(system_field("_owner"));
+        }
+        Some(Value::String(s)) => Some(Some(s)),
+        Some(Value::Null) => Some(None),
+        Some(_) => {
+            return Err(Error::BadRequest(
+                "`_owner` must be a string or null".into(),
+            ));
+        }
+    };
+    if let Some(key) = data.keys().find(|k| k.starts_with('_')) {
+        return Err(system_field(key));
+    }
+    validate_data(&data)?;
+    Ok((id, owner, data))
+}
+
+fn system_field(name: &str) -> Error {
+    Error::Validation {
+        message: format!(
+            "`{}` is a system field; the server sets it",
+            crate::query::shorten_for_message(name)
+        ),
+        details: None,
+    }
+}
+
+impl Documents {
+    pub fn new(
+        store: Store,
+        catalog: Arc<Catalog>,
+        access: Arc<Access>,
+        hooks: Arc<dyn Hooks>,
+    ) -> Self {
+        Self {
+            store,
+            catalog,
+            access,
+            hooks,
+        }
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    // ---- reads ----
+
+    /// One document.
+    pub async fn get(
+        &self,
+        principal: &Principal,
+        collection: &str,
+        id: &str,
+    ) -> Result<Document, Error> {
+        let coll = self.catalog.require(collection)?;
+        self.access.precheck(principal, &coll, Operation::Get)?;
+        let id = parse_doc_id(id)?;
+        let row = self
+            .store
+            .get_doc(coll.table, &id)
+            .await?
+            .ok_or(Error::NotFound)?;
+        let doc = Document::from_row(row)?;
+        self.access.check_get(principal, &coll, &doc)?;
+        Ok(doc)
+    }
+
+    /// A page of a query.
+    pub async fn query(
+        &self,
+        principal: &Principal,
+        collection: &str,
+        req: QueryRequest,
+    ) -> Result<QueryPage, Error> {
+        let (coll, q) = self.plan_query(principal, collection, &req)?;
+        let rows = if q.limit == 0 {
+            Vec::new()
+        } else {
+            self.store
+                .query_docs(coll.table, &q.doc_query(q.limit + 1))
+                .await?
+        };
+        let has_more = rows.len() > q.limit as usize;
+        let mut docs = rows
+            .into_iter()
+            .take(q.limit as usize)
+            .map(Document::from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if has_more {
+            docs.last()
+                .map(|last| Cursor::at(&q.sort, last).encode(&q.sort))
+        } else {
+            None
+        };
+        let count = if req.count {
+            Some(self.store.count_docs(coll.table, &q.filter).await?)
+        } else {
+            None
+        };
+        let items = match &q.fields {
+            Some(fields) => docs.iter().map(|d| d.project(fields)).collect(),
+            None => docs.iter_mut().map(|d| d.to_json()).collect(),
+        };
+        Ok(QueryPage {
+            items,
+            next_cursor,
+            count,
+        })
+    }
+
+    /// The database's plan for a query (admin tool), and the declared indexes it uses.
+    pub async fn explain(
+        &self,
+        principal: &Principal,
+        collection: &str,
+        req: QueryRequest,
+        discourage_seqscan: bool,
+    ) -> Result<(String, Vec<super::collection::IndexSpec>), Error> {
+        let (coll, q) = self.plan_query(principal, collection, &req)?;
+        let plan = self
+            .store
+            .explain(
+                coll.table,
+                &q.doc_query(q.limit.max(1) + 1),
+                discourage_seqscan,
+            )
+            .await?;
+        let used = plan
+            .index_keys
+            .iter()
+            .filter_map(|key| {
+                let pos = coll.indexes.iter().position(|i| &i.key == key)?;
+                coll.spec.indexes.get(pos).cloned()
+            })
+            .collect();
+        Ok((plan.text, used))
+    }
+
+    /// Parses and checks a query, and restricts it to what the principal may list.
+    fn plan_query(
+        &self,
+        principal: &Principal,
+        collection: &str,
+        req: &QueryRequest,
+    ) -> Result<(Arc<Collection>, PlannedQuery), Error> {
+        let coll = self.catalog.require(collection)?;
+        self.access.precheck(principal, &coll, Operation::List)?;
+        let user_filter = Filter::parse(&req.filter).map_err(|e| Error::BadRequest(e.0))?;
+        let sort = parse_sort(req.sort.as_deref()).map_err(|e| Error::BadRequest(e.0))?;
+        let limit = req.limit.unwrap_or(limits::DEFAULT_LIMIT);
+        if limit > limits::MAX_LIMIT {
+            return Err(Error::BadRequest(format!(
+                "`limit` is at most {}",
+                limits::MAX_LIMIT
+            )));
+        }
+        let offset = req.offset.unwrap_or(0);
+        if offset > limits::MAX_OFFSET {
+            return Err(Error::BadRequest(format!(
+                "`offset` is at most {}; page with `cursor` instead",
+                limits::MAX_OFFSET
+            )));
+        }
+        let cursor = match &req.cursor {
+            Some(_) if offset > 0 => {
+                return Err(Error::BadRequest(
+                    "use either `cursor` or `offset`, not both".into(),
+                ));
+            }
+            Some(text) => Some(Cursor::decode(text, &sort).map_err(|e| Error::BadRequest(e.0))?),
+            None => None,
+        };
+        let fields = req.fields.as_deref().map(projection).transpose()?;
+        let filter = Filter::and(vec![
+            self.access.list_filter(principal, &coll)?,
+            user_filter,
+        ]);
+        Ok((
+            coll,
+            PlannedQuery {
+                filter,
+                sort,
+                cursor,
+                offset,
+                limit,
+                fields,
+            },
+        ))
+    }
+
+    // ---- writes ----
+
+    /// Creates a document; a client may propose its `_id`.
+    pub async fn create(
+        &self,
+        principal: &Principal,
+        collection: &str,
+        body: Value,
+    ) -> Result<Document, Error> {
+        let coll = self.catalog.require(collection)?;
+        let op = self.prepare_create(principal, coll, body).await?;
+        self.run_one(principal, op).await.and_then(into_doc)
+    }
+
+    /// Applies an update (merge or operators).
+    pub async fn update(
+        &self,
+        principal: &Principal,
+        collection: &str,
+        id: &str,
+        body: Value,
+        if_match: Option<i64>,
+    ) -> Result<Document, Error> {
+        let coll = self.catalog.require(collection)?;
+        let op = self
+            .prepare_update(principal, coll, id, body, if_match)
+            .await?;
+        self.run_one(principal, op).await.and_then(into_doc)
+    }
+
+    /// Replaces a document's data (creating it with `upsert`); true when it was created.
+    pub async fn replace(
+        &self,
+        principal: &Principal,
+        collection: &str,
+        id: &str,
+        body: Value,
+        if_match: Option<i64>,
+        upsert: bool,
+    ) -> Result<(Document, bool), Error> {
+        let coll = self.catalog.require(collection)?;
+        let op = self
+            .prepare_replace(principal, coll, id, body, if_match, upsert)
+            .await?;
+        match self.run_one(principal, op).await? {
+            BatchResult::Created(doc) => Ok((doc, true)),
+            BatchResult::Updated(doc) => Ok((doc, false)),
+            BatchResult::Deleted(_) => Err(Error::Internal("BUG: replace deleted".into())),
+        }
+    }
+
+    /// Deletes a document.
+    pub async fn delete(
+        &self,
+        principal: &Principal,
+        collection: &str,
+        id: &str,
+        if_match: Option<i64>,
+    ) -> Result<(), Error> {
+        let coll = self.catalog.require(collection)?;
+        let op = self.prepare_delete(principal, coll, id, if_match).await?;
+        self.run_one(principal, op).await.map(|_| ())
+    }
+
+    /// Runs up to 500 operations, all or nothing.
+    pub async fn batch(
+        &self,
+        principal: &Principal,
+        ops: Vec<BatchOp>,
+    ) -> Result<Vec<BatchResult>, Error> {
+        if ops.is_empty() || ops.len() > MAX_BATCH {
+            return Err(Error::BadRequest(format!(
+                "a batch holds 1 to {MAX_BATCH} operations"
+            )));
+        }
+        let mut prepared = Vec::with_capacity(ops.len());
+        for (index, op) in ops.into_iter().enumerate() {
+            let p = self
+                .prepare_batch_op(principal, op)
+                .await
+                .map_err(|error| Error::Batch {
+                    index,
+                    error: Box::new(error),
+                })?;
+            prepared.push(p);
+        }
+        let principal = principal.clone();
+        let access = self.access.clone();
+        self.store
+            .write(Box::new(move |tx: &mut dyn Tx| {
+                async move {
+                    let mut results = Vec::with_capacity(prepared.len());
+                    for (index, op) in prepared.iter().enumerate() {
+                        let result =
+                            execute(tx, op, &principal, &access)
+                                .await
+                                .map_err(|error| Error::Batch {
+                                    index,
+                                    error: Box::new(error),
+                                })?;
+                        results.push(result);
+                    }
+                    Ok(results)
+                }
+                .boxed()
+            }))
+            .await
+    }
+
+    async fn prepare_batch_op(
+        &self,
+        principal: &Principal,
+        op: BatchOp,
+    ) -> Result<Prepared, Error> {
+        let coll = self.catalog.require(&op.collection)?;
+        let id = || {
+            op.id
+                .clone()
+                .ok_or_else(|| Error::BadRequest(format!("`{}` needs an `id`", op.op)))
+        };
+        let data = || {
+            op.data
+                .clone()
+                .ok_or_else(|| Error::BadRequest(format!("`{}` needs `data`", op.op)))
+        };
+        match op.op.as_str() {
+            "create" => {
+                let mut body = data()?;
+                if let (Some(id), Value::Object(map)) = (&op.id, &mut body) {
+                    map.insert("_id".into(), Value::String(id.clone()));
+                }
+                self.prepare_create(principal, coll, body).await
+            }
+            "update" => {
+                self.prepare_update(principal, coll, &id()?, data()?, op.if_match)
+                    .await
+            }
+            "replace" => {
+                self.prepare_replace(principal, coll, &id()?, data()?, op.if_match, op.upsert)
+                    .await
+            }
+            "delete" => {
+                self.prepare_delete(principal, coll, &id()?, op.if_match)
+                    .await
+            }
+            other => Err(Error::BadRequest(format!(
+                "unknown batch op `{}` (create, update, replace, delete)",
+                crate::query::shorten_for_message(other)
+            ))),
+        }
+    }
+
+    async fn run_one(&self, principal: &Principal, op: Prepared) -> Result<BatchResult, Error> {
+        let principal = principal.clone();
+        let access = self.access.clone();
+        self.store
+            .write(Box::new(move |tx: &mut dyn Tx| {
+                async move { execute(tx, &op, &principal, &access).await }.boxed()
+            }))
+            .await
+    }
+
+    /// Runs the before-hooks when there are any; returns the (possibly changed) data.
+    async fn before(
+        &self,
+        principal: &Principal,
+        coll: &Collection,
+        kind: WriteKind,
+        id: Option<&str>,
+        data: Value,
+    ) -> Result<Value, Error> {
+        if !self.hooks.has_before(&coll.name, kind) {
+            return Ok(data);
+        }
+        let snapshot = match (kind, id) {
+            (WriteKind::Create, _) | (_, None) => None,
+            (_, Some(id)) => self
+                .store
+                .get_doc(coll.table, id)
+                .await?
+                .map(Document::from_row)
+                .transpose()?,
+        };
+        let mut event = BeforeEvent {
+            collection: &coll.name,
+            kind,
+            id,
+            auth: principal,
+            data,
+            doc: snapshot.as_ref(),
+        };
+        self.hooks.before(&mut event).await?;
+        Ok(event.data)
+    }
+
+    async fn prepare_create(
+        &self,
+        principal: &Principal,
+        coll: Arc<Collection>,
+        body: Value,
+    ) -> Result<Prepared, Error> {
+        self.access.precheck(principal, &coll, Operation::Create)?;
+        let (mut id, mut owner, mut data) = split_body(body, principal)?;
+        if self.hooks.has_before(&coll.name, WriteKind::Create) {
+            let mut with_id = Value::Object(data);
+            if let (Some(id), Value::Object(map)) = (&id, &mut with_id) {
+                map.insert("_id".into(), Value::String(id.clone()));
+            }
+            let changed = self
+                .before(principal, &coll, WriteKind::Create, id.as_deref(), with_id)
+                .await?;
+            (id, owner, data) = split_body(changed, principal)
+                .map(|(new_id, new_owner, data)| (new_id.or(id), new_owner.or(owner), data))?;
+        }
+        coll.check_schema(&mut data)?;
+        let now = time::now();
+        let doc = Document {
+            id: id.unwrap_or_else(new_id),
+            owner: owner.unwrap_or_else(|| principal.user_id().map(str::to_owned)),
+            created_at: now.clone(),
+            updated_at: now,
+            version: 1,
+            data,
+        };
+        Ok(Prepared::Create { coll, doc })
+    }
+
+    async fn prepare_update(
+        &self,
+        principal: &Principal,
+        coll: Arc<Collection>,
+        id: &str,
+        body: Value,
+        if_match: Option<i64>,
+    ) -> Result<Prepared, Error> {
+        self.access.precheck(principal, &coll, Operation::Update)?;
+        let id = parse_doc_id(id)?;
+        let update = Update::parse(body)?;
+        let update = if self.hooks.has_before(&coll.name, WriteKind::Update) {
+            let original = update_to_value(&update);
+            Update::parse(
+                self.before(principal, &coll, WriteKind::Update, Some(&id), original)
+                    .await?,
+            )?
+        } else {
+            update
+        };
+        Ok(Prepared::Update {
+            coll,
+            id,
+            update,
+            if_match,
+        })
+    }
+
+    async fn prepare_replace(
+        &self,
+        principal: &Principal,
+        coll: Arc<Collection>,
+        id: &str,
+        body: Value,
+        if_match: Option<i64>,
+        upsert: bool,
+    ) -> Result<Prepared, Error> {
+        self.access.precheck(principal, &coll, Operation::Update)?;
+        let id = parse_doc_id(id)?;
+        let (body_id, owner, data) = split_body(body, principal)?;
+        if body_id.as_deref().is_some_and(|b| b != id) {
+            return Err(Error::BadRequest(
+                "`_id` in the body differs from the id in the path".into(),
+            ));
+        }
+        let mut data = if self.hooks.has_before(&coll.name, WriteKind::Replace) {
+            let changed = self
+                .before(
+                    principal,
+                    &coll,
+                    WriteKind::Replace,
+                    Some(&id),
+                    Value::Object(data),
+                )
+                .await?;
+            split_body(changed, principal)?.2
+        } else {
+            data
+        };
+        coll.check_schema(&mut data)?;
+        Ok(Prepared::Replace {
+            coll,
+            id,
+            data,
+            owner,
+            if_match,
+            upsert,
+        })
+    }
+
+    async fn prepare_delete(
+        &self,
+        principal: &Principal,
+        coll: Arc<Collection>,
+        id: &str,
+        if_match: Option<i64>,
+    ) -> Result<Prepared, Error> {
+        self.access.precheck(principal, &coll, Operation::Delete)?;
+        let id = parse_doc_id(id)?;
+        self.before(principal, &coll, WriteKind::Delete, Some(&id), Value::Null)
+            .await?;
+        Ok(Prepared::Delete { coll, id, if_match })
+    }
+}
+
+fn into_doc(result: BatchResult) -> Result<Document, Error> {
+    match result {
+        BatchResult::Created(doc) | BatchResult::Updated(doc) => Ok(doc),
+        BatchResult::Deleted(_) => Err(Error::Internal("BUG: a create or update deleted".into())),
+    }
+}
+
+/// An update in its JSON form, for hooks.
+fn update_to_value(update: &Update) -> Value {
+    use super::update::{OpKind, Pull};
+    match update {
+        Update::Merge(map) => Value::Object(map.clone()),
+        Update::Ops(ops) => {
+            let mut out: Map<String, Value> = Map::new();
+            for op in ops {
+                let (name, arg) = match &op.kind {
+                    OpKind::Set(v) => ("$set", v.clone()),
+                    OpKind::Unset => ("$unset", Value::String(String::new())),
+                    OpKind::Inc(n) => ("$inc", Value::Number(n.clone())),
+                    OpKind::Mul(n) => ("$mul", Value::Number(n.clone())),
+                    OpKind::Min(v) => ("$min", v.clone()),
+                    OpKind::Max(v) => ("$max", v.clone()),
+                    OpKind::Push(items) => ("$push", serde_json::json!({"$each": items})),
+                    OpKind::AddToSet(items) => ("$addToSet", serde_json::json!({"$each": items})),
+                    OpKind::Pull(Pull::Equal(v)) => ("$pull", v.clone()),
+                    // Conditions are not shown to hooks in their parsed form; pass equality.
+                    OpKind::Pull(Pull::Matching(_)) => continue,
+                };
+                if let Value::Object(entry) =
+                    out.entry(name).or_insert_with(|| Value::Object(Map::new()))
+                {
+                    entry.insert(op.path.join("."), arg);
+                }
+            }
+            Value::Object(out)
+        }
+    }
+}
+
+fn check_version(if_match: Option<i64>, current: Option<&Document>) -> Result<(), Error> {
+    match (if_match, current) {
+        (Some(wanted), Some(doc)) if wanted != doc.version => Err(Error::VersionMismatch {
+            current: Some(doc.version),
+        }),
+        (Some(_), None) => Err(Error::VersionMismatch { current: None }),
+        _ => Ok(()),
+    }
+}
+
+async fn load(tx: &mut dyn Tx, coll: &Collection, id: &str) -> Result<Option<Document>, Error> {
+    tx.get_doc(coll.table, id)
+        .await?
+        .map(Document::from_row)
+        .transpose()
+}
+
+/// Step 4 of the pipeline, inside the writer's transaction.
+async fn execute(
+    tx: &mut dyn Tx,
+    op: &Prepared,
+    principal: &Principal,
+    access: &Access,
+) -> Result<BatchResult, Error> {
+    let actor = principal.actor();
+    match op {
+        Prepared::Create { coll, doc } => {
+            access.check_write(principal, coll, Operation::Create, None, Some(doc))?;
+            insert(tx, coll, doc, actor.as_deref()).await?;
+            Ok(BatchResult::Created(doc.clone()))
+        }
+        Prepared::Update {
+            coll,
+            id,
+            update,
+            if_match,
+        } => {
+            let current = load(tx, coll, id).await?;
+            check_version(*if_match, current.as_ref())?;
+            let before = current.ok_or(Error::NotFound)?;
+            let mut data = update.apply(&before.data)?;
+            validate_data(&data)?;
+            coll.check_schema(&mut data)?;
+            let after = Document {
+                updated_at: time::now(),
+                version: before.version + 1,
+                data,
+                ..before.clone()
+            };
+            access.check_write(
+                principal,
+                coll,
+                Operation::Update,
+                Some(&before),
+                Some(&after),
+            )?;
+            overwrite(tx, coll, &before, &after, actor.as_deref()).await?;
+            Ok(BatchResult::Updated(after))
+        }
+        Prepared::Replace {
+            coll,
+            id,
+            data,
+            owner,
+            if_match,
+            upsert,
+        } => {
+            let current = load(tx, coll, id).await?;
+            check_version(*if_match, current.as_ref())?;
+            match current {
+                None if !*upsert => Err(Error::NotFound),
+                None => {
+                    let now = time::now();
+                    let doc = Document {
+                        id: id.clone(),
+                        owner: owner
+                            .clone()
+                            .unwrap_or_else(|| principal.user_id().map(str::to_owned)),
+                        created_at: now.clone(),
+                        updated_at: now,
+                        version: 1,
+                        data: data.clone(),
+                    };
+                    access.check_write(principal, coll, Operation::Create, None, Some(&doc))?;
+                    insert(tx, coll, &doc, actor.as_deref()).await?;
+                    Ok(BatchResult::Created(doc))
+                }
+                Some(before) => {
+                    let after = Document {
+                        owner: owner.clone().unwrap_or_else(|| before.owner.clone()),
+                        updated_at: time::now(),
+                        version: before.version + 1,
+                        data: data.clone(),
+                        ..before.clone()
+                    };
+                    access.check_write(
+                        principal,
+                        coll,
+                        Operation::Update,
+                        Some(&before),
+                        Some(&after),
+                    )?;
+                    overwrite(tx, coll, &before, &after, actor.as_deref()).await?;
+                    Ok(BatchResult::Updated(after))
+                }
+            }
+        }
+        Prepared::Delete { coll, id, if_match } => {
+            let current = load(tx, coll, id).await?;
+            check_version(*if_match, current.as_ref())?;
+            let before = current.ok_or(Error::NotFound)?;
+            access.check_write(principal, coll, Operation::Delete, Some(&before), None)?;
+            tx.delete_doc(coll.table, id).await?;
+            let before_json = before.to_json_string();
+            tx.append_change(&NewChange {
+                collection: &coll.name,
+                doc_id: id,
+                op: "delete",
+                before: Some(&before_json),
+                after: None,
+                actor: actor.as_deref(),
+                at: &time::now(),
+            })
+            .await?;
+            Ok(BatchResult::Deleted(id.clone()))
+        }
+    }
+}
+
+async fn insert(
+    tx: &mut dyn Tx,
+    coll: &Collection,
+    doc: &Document,
+    actor: Option<&str>,
+) -> Result<(), Error> {
+    let row = doc.to_row();
+    check_size(&row.data)?;
+    tx.insert_doc(coll.table, &row)
+        .await
+        .map_err(|e| conflict(coll, e))?;
+    let after = doc.to_json_string();
+    tx.append_change(&NewChange {
+        collection: &coll.name,
+        doc_id: &doc.id,
+        op: "create",
+        before: None,
+        after: Some(&after),
+        actor,
+        at: &doc.created_at,
+    })
+    .await?;
+    Ok(())
+}
+
+async fn overwrite(
+    tx: &mut dyn Tx,
+    coll: &Collection,
+    before: &Document,
+    after: &Document,
+    actor: Option<&str>,
+) -> Result<(), Error> {
+    let row = after.to_row();
+    check_size(&row.data)?;
+    tx.update_doc(coll.table, &row)
+        .await
+        .map_err(|e| conflict(coll, e))?;
+    let before_json = before.to_json_string();
+    let after_json = after.to_json_string();
+    tx.append_change(&NewChange {
+        collection: &coll.name,
+        doc_id: &after.id,
+        op: "update",
+        before: Some(&before_json),
+        after: Some(&after_json),
+        actor,
+        at: &after.updated_at,
+    })
+    .await?;
+    Ok(())
+}
+
+/// Names the fields of a violated unique constraint.
+fn conflict(coll: &Collection, e: crate::store::Error) -> Error {
+    match e {
+        crate::store::Error::Conflict { constraint } => {
+            let fields = coll.conflict_fields(&constraint);
+            let message = if constraint == "_id" {
+                "a document with this `_id` already exists".to_owned()
+            } else if fields.is_empty() {
+                "a unique value is already taken".to_owned()
+            } else {
+                format!(
+                    "a document with the same {} already exists",
+                    fields.join(", ")
+                )
+            };
+            Error::Conflict {
+                message,
+                details: Some(serde_json::json!({ "fields": fields })),
+            }
+        }
+        other => other.into(),
+    }
+}

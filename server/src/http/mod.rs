@@ -1,0 +1,153 @@
+//! The HTTP surface: the one route table (which is also the OpenAPI source), extractors,
+//! middleware and the error envelope. The only module that knows axum.
+
+pub mod admin;
+pub mod documents;
+pub mod error;
+pub mod extract;
+pub mod middleware;
+pub mod system;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{Any, CorsLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::AppState;
+use error::ApiError;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Ferrobase", description = "Backend-as-a-service in one binary."),
+    modifiers(&BearerAuth),
+    components(schemas(error::ErrorBody, error::ErrorDetail)),
+    tags(
+        (name = "system", description = "health, readiness, metrics"),
+        (name = "documents", description = "the JSON document database"),
+        (name = "admin", description = "administration (admins and the service key)"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The route table and its OpenAPI document.
+pub fn api(app: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let limits = &app.config.limits;
+    let batch = OpenApiRouter::new()
+        .routes(routes!(documents::batch))
+        .layer(DefaultBodyLimit::max(limits.batch_body))
+        .layer(axum::middleware::from_fn_with_state(
+            limits.batch_body,
+            middleware::content_length_limit,
+        ));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(system::health))
+        .routes(routes!(system::ready))
+        .routes(routes!(system::metrics))
+        .routes(routes!(system::openapi))
+        .routes(routes!(
+            documents::create_document,
+            documents::list_documents
+        ))
+        .routes(routes!(documents::query_documents))
+        .routes(routes!(
+            documents::get_document,
+            documents::update_document,
+            documents::replace_document,
+            documents::delete_document
+        ))
+        .routes(routes!(admin::create_collection, admin::list_collections))
+        .routes(routes!(
+            admin::get_collection,
+            admin::update_collection,
+            admin::delete_collection
+        ))
+        .routes(routes!(admin::explain_query))
+        .routes(routes!(admin::list_changes))
+        .layer(DefaultBodyLimit::max(limits.json_body))
+        .layer(axum::middleware::from_fn_with_state(
+            limits.json_body,
+            middleware::content_length_limit,
+        ))
+        .merge(batch)
+        .split_for_parts()
+}
+
+/// The complete router with middleware.
+pub fn router(app: AppState) -> Router {
+    let (routes, mut openapi) = api(&app);
+    openapi.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    let doc = system::OpenApiJson(Arc::new(
+        serde_json::to_string(&openapi).unwrap_or_else(|_| "{}".to_owned()),
+    ));
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::HEAD,
+            Method::OPTIONS,
+        ])
+        .allow_headers(Any)
+        .expose_headers([
+            HeaderName::from_static("x-request-id"),
+            header::ETAG,
+            header::RETRY_AFTER,
+        ]);
+    routes
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(middleware::observe))
+        .layer(axum::Extension(doc))
+        .with_state(app)
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("private, no-store"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(cors)
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(axum::middleware::from_fn(middleware::request_id))
+}
+
+async fn route_not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept that method",
+    )
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    ApiError::internal("BUG: a request handler panicked").into_response()
+}

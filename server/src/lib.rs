@@ -1,0 +1,48 @@
+//! Ferrobase: a backend-as-a-service in one binary.
+//!
+//! [`serve`] is the seam both the binary and the tests use: build the application, serve
+//! it on a listener the caller bound, stop gracefully when `shutdown` resolves.
+
+pub mod app;
+pub mod auth;
+pub mod changes;
+pub mod config;
+pub mod documents;
+pub mod http;
+pub mod query;
+pub mod store;
+pub mod telemetry;
+pub mod util;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+
+pub use config::Config;
+
+/// Serves Ferrobase on `listener` until `shutdown` resolves, then finishes in-flight
+/// requests and queued writes and closes the database.
+pub async fn serve(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = app::App::build(config).await?;
+    let router = http::router(app.clone());
+    let addr = listener
+        .local_addr()
+        .context("reading the listen address")?;
+    tracing::info!(%addr, backend = app.store.kind().name(), "ferrobase started");
+    // One machine-readable line on stdout: operators and the test harness read it.
+    println!("ferrobase listening on http://{addr}");
+    let result = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
+    app.shutdown().await;
+    tracing::info!("ferrobase stopped");
+    result.context("serving HTTP")
+}

@@ -1,0 +1,418 @@
+//! The only module that speaks SQL.
+//!
+//! Two backends with mirrored files, `sqlite/` and `postgres/`, implement [`Backend`] (reads,
+//! catalog, change log) and a write session used by the group-commit [`writer`]. Domain code
+//! never sees a dialect: it calls [`Store`] methods, and writes by handing the writer a job
+//! that receives a [`Tx`].
+//!
+//! Which error type to use where: store functions return [`Error`], which keeps the cause for
+//! the logger and tells callers only what they can act on (`NotFound`, `Conflict`,
+//! `Unavailable`). Driver text never leaves this module in a form that reaches a client.
+
+mod postgres;
+pub mod query;
+mod sqlite;
+mod writer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::query::{Filter, SortKey};
+pub use writer::{JobError, WriteJob};
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("not found")]
+    NotFound,
+    /// A unique constraint was violated; `constraint` is the index name.
+    #[error("unique constraint {constraint} violated")]
+    Conflict { constraint: String },
+    /// The database could not be reached in time (pool timeout, connection refused).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Other(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::RowNotFound => Error::NotFound,
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                Error::Unavailable(e.to_string())
+            }
+            sqlx::Error::Database(db) if db.is_unique_violation() => Error::Conflict {
+                constraint: conflict_name(db.constraint().unwrap_or(db.message())),
+            },
+            _ => Error::Other(e.to_string()),
+        }
+    }
+}
+
+/// Names a violated unique constraint the way the domain knows it: `_id` for a document
+/// id, the index key for a declared index (`fb_docs_<table>_x<key>`), `name` for a
+/// collection name. SQLite reports the constraint only in its message, Postgres by name.
+fn conflict_name(text: &str) -> String {
+    if let Some(start) = text.find("fb_docs_") {
+        let rest = &text[start + "fb_docs_".len()..];
+        let rest = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+        if let Some(key) = rest.strip_prefix("_x") {
+            return key
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric())
+                .collect();
+        }
+        return "_id".to_owned();
+    }
+    if text.contains("fb_collections") {
+        return "name".to_owned();
+    }
+    "unique".to_owned()
+}
+
+impl From<sqlx::migrate::MigrateError> for Error {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        Error::Other(format!("migration failed: {e}"))
+    }
+}
+
+/// Which database a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Sqlite,
+    Postgres,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Sqlite => "sqlite",
+            Kind::Postgres => "postgres",
+        }
+    }
+}
+
+/// A stored document as the database holds it; `data` is canonical JSON text of the user fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocRow {
+    pub id: String,
+    pub owner: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub version: i64,
+    pub data: String,
+}
+
+/// A row of the change log.
+#[derive(Debug, Clone)]
+pub struct ChangeRow {
+    pub seq: i64,
+    pub collection: String,
+    pub doc_id: String,
+    pub op: String,
+    pub before: Option<String>,
+    pub after: Option<String>,
+    pub actor: Option<String>,
+    pub at: String,
+}
+
+/// A change to append; written in the same transaction as the change itself.
+#[derive(Debug, Clone, Copy)]
+pub struct NewChange<'a> {
+    pub collection: &'a str,
+    pub doc_id: &'a str,
+    pub op: &'a str,
+    pub before: Option<&'a str>,
+    pub after: Option<&'a str>,
+    pub actor: Option<&'a str>,
+    pub at: &'a str,
+}
+
+/// A declared collection as stored in the catalog; `spec` is the JSON the domain owns.
+#[derive(Debug, Clone)]
+pub struct CollectionRow {
+    /// Also names the collection's table.
+    pub id: i64,
+    pub name: String,
+    pub spec: String,
+    pub version: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// An index to create on a collection's table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexDef {
+    /// Stable name suffix derived from the definition.
+    pub key: String,
+    pub fields: Vec<SortKey>,
+    pub unique: bool,
+}
+
+/// What a page query asks of the store.
+#[derive(Debug, Clone, Copy)]
+pub struct DocQuery<'a> {
+    pub filter: &'a Filter,
+    pub sort: &'a [SortKey],
+    /// Sort values of the last row of the previous page.
+    pub after: Option<&'a [Value]>,
+    pub offset: u64,
+    /// Rows to return (callers ask for one more than a page to learn if there is more).
+    pub limit: u32,
+}
+
+/// A query plan, and the declared indexes (by key) it uses.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub text: String,
+    pub index_keys: Vec<String>,
+}
+
+impl Plan {
+    /// Finds `fb_docs_<table>_x<key>` index names in plan text.
+    pub(crate) fn from_text(table: i64, text: String) -> Plan {
+        let prefix = format!("fb_docs_{table}_x");
+        let mut index_keys = Vec::new();
+        let mut rest = text.as_str();
+        while let Some(pos) = rest.find(&prefix) {
+            rest = &rest[pos + prefix.len()..];
+            let key: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric())
+                .collect();
+            if !key.is_empty() && !index_keys.contains(&key) {
+                index_keys.push(key);
+            }
+        }
+        Plan { text, index_keys }
+    }
+}
+
+/// Connection-pool figures for `/metrics`.
+#[derive(Debug, Clone)]
+pub struct PoolStat {
+    pub pool: &'static str,
+    pub size: u32,
+    pub idle: u32,
+}
+
+/// Operations inside a write transaction. Jobs given to [`Store::write`] receive one.
+#[async_trait]
+pub trait Tx: Send {
+    async fn get_doc(&mut self, table: i64, id: &str) -> Result<Option<DocRow>>;
+    /// Inserts a document; `Conflict` when the id or a unique index is taken.
+    async fn insert_doc(&mut self, table: i64, row: &DocRow) -> Result<()>;
+    /// Replaces the stored row with the same id.
+    async fn update_doc(&mut self, table: i64, row: &DocRow) -> Result<()>;
+    /// Deletes by id; false when there was no such document.
+    async fn delete_doc(&mut self, table: i64, id: &str) -> Result<bool>;
+    /// Appends to the change log; returns the new `seq`.
+    async fn append_change(&mut self, change: &NewChange<'_>) -> Result<i64>;
+
+    /// Creates the catalog row and the collection's table; returns the table id.
+    async fn create_collection(&mut self, name: &str, spec: &str, at: &str) -> Result<i64>;
+    /// Stores a new spec; returns the new version.
+    async fn update_collection(&mut self, id: i64, spec: &str, at: &str) -> Result<i64>;
+    /// Removes the catalog row and drops the table.
+    async fn drop_collection(&mut self, id: i64) -> Result<()>;
+    /// Names (keys) of the declared indexes that exist on a table.
+    async fn index_keys(&mut self, table: i64) -> Result<Vec<String>>;
+    async fn create_index(&mut self, table: i64, index: &IndexDef) -> Result<()>;
+    async fn drop_index(&mut self, table: i64, key: &str) -> Result<()>;
+}
+
+/// The read side of a backend, plus the few things the writer and the bus need.
+#[async_trait]
+pub(crate) trait Backend: Send + Sync {
+    fn kind(&self) -> Kind;
+    async fn ping(&self) -> Result<()>;
+    async fn get_meta(&self, key: &str) -> Result<Option<String>>;
+    /// Inserts `value` unless the key exists; returns the stored value either way.
+    async fn init_meta(&self, key: &str, value: &str) -> Result<String>;
+    async fn list_collections(&self) -> Result<Vec<CollectionRow>>;
+    async fn get_doc(&self, table: i64, id: &str) -> Result<Option<DocRow>>;
+    async fn query_docs(&self, table: i64, query: &DocQuery<'_>) -> Result<Vec<DocRow>>;
+    async fn count_docs(&self, table: i64, filter: &Filter) -> Result<u64>;
+    /// The database's plan for a page query.
+    async fn explain(
+        &self,
+        table: i64,
+        query: &DocQuery<'_>,
+        discourage_seqscan: bool,
+    ) -> Result<Plan>;
+    async fn last_seq(&self) -> Result<i64>;
+    async fn changes_after(&self, seq: i64, limit: u32) -> Result<Vec<ChangeRow>>;
+    async fn prune_changes(&self, older_than: &str) -> Result<u64>;
+    /// A write session on the writer connection.
+    async fn write_session(&self) -> Result<Box<dyn writer::WriteSession>>;
+    /// Tells other nodes the catalog changed (Postgres `NOTIFY`; nothing on SQLite).
+    async fn notify_catalog(&self) -> Result<()>;
+    /// Starts forwarding other nodes' commits and catalog changes (Postgres `LISTEN`).
+    async fn listen(&self, events: RemoteEvents) -> Result<()>;
+    fn pool_stats(&self) -> Vec<PoolStat>;
+    async fn close(&self);
+}
+
+/// Where a backend forwards what other nodes did.
+#[derive(Clone)]
+pub(crate) struct RemoteEvents {
+    pub committed: watch::Sender<i64>,
+    pub catalog: watch::Sender<u64>,
+}
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `None`: SQLite in `data_dir`.
+    pub database_url: Option<crate::util::secret::Secret>,
+    pub data_dir: std::path::PathBuf,
+    pub max_connections: u32,
+    pub group_commit: bool,
+    pub max_batch: usize,
+    /// SQLite `synchronous`: `full` (default) or `normal`.
+    pub sqlite_synchronous: String,
+    pub acquire_timeout: Duration,
+}
+
+/// The handle the rest of the server uses. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+    writer: writer::Writer,
+    committed: watch::Sender<i64>,
+    catalog: watch::Sender<u64>,
+}
+
+impl Store {
+    /// Opens the database, applies migrations and starts the writer.
+    pub async fn open(opts: &Options) -> Result<Store> {
+        let backend: Arc<dyn Backend> = match &opts.database_url {
+            Some(url) if url.expose().starts_with("postgres") => {
+                Arc::new(postgres::PgBackend::open(url.expose(), opts).await?)
+            }
+            Some(url) if url.expose().starts_with("sqlite:") => {
+                Arc::new(sqlite::SqliteBackend::open_url(url.expose(), opts).await?)
+            }
+            Some(_) => {
+                return Err(Error::Other(
+                    "database URL must start with postgres:// or sqlite:".into(),
+                ));
+            }
+            None => Arc::new(sqlite::SqliteBackend::open_dir(&opts.data_dir, opts).await?),
+        };
+        let last = backend.last_seq().await?;
+        let (committed, _) = watch::channel(last);
+        let (catalog, _) = watch::channel(0u64);
+        let writer = writer::Writer::start(
+            backend.clone(),
+            committed.clone(),
+            if opts.group_commit {
+                opts.max_batch.max(1)
+            } else {
+                1
+            },
+        );
+        backend
+            .listen(RemoteEvents {
+                committed: committed.clone(),
+                catalog: catalog.clone(),
+            })
+            .await?;
+        Ok(Store {
+            backend,
+            writer,
+            committed,
+            catalog,
+        })
+    }
+
+    /// Applies migrations without serving (`ferrobase migrate`).
+    pub async fn migrate_only(opts: &Options) -> Result<Kind> {
+        let store = Store::open(opts).await?;
+        let kind = store.kind();
+        store.close().await;
+        Ok(kind)
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.backend.kind()
+    }
+
+    /// Runs `job` inside a write transaction, grouped with concurrent jobs into one commit.
+    /// The result is returned only after the commit is durable.
+    pub async fn write<T, E>(&self, job: WriteJob<T, E>) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+    {
+        self.writer.submit(job).await
+    }
+
+    /// The seq of the newest committed change, updated on every local and remote commit.
+    pub fn subscribe_commits(&self) -> watch::Receiver<i64> {
+        self.committed.subscribe()
+    }
+
+    /// Bumped whenever another node changes the catalog.
+    pub fn subscribe_catalog(&self) -> watch::Receiver<u64> {
+        self.catalog.subscribe()
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        self.backend.ping().await
+    }
+    pub async fn get_meta(&self, key: &str) -> Result<Option<String>> {
+        self.backend.get_meta(key).await
+    }
+    pub async fn init_meta(&self, key: &str, value: &str) -> Result<String> {
+        self.backend.init_meta(key, value).await
+    }
+    pub async fn list_collections(&self) -> Result<Vec<CollectionRow>> {
+        self.backend.list_collections().await
+    }
+    pub async fn get_doc(&self, table: i64, id: &str) -> Result<Option<DocRow>> {
+        self.backend.get_doc(table, id).await
+    }
+    pub async fn query_docs(&self, table: i64, query: &DocQuery<'_>) -> Result<Vec<DocRow>> {
+        self.backend.query_docs(table, query).await
+    }
+    pub async fn count_docs(&self, table: i64, filter: &Filter) -> Result<u64> {
+        self.backend.count_docs(table, filter).await
+    }
+    pub async fn explain(
+        &self,
+        table: i64,
+        query: &DocQuery<'_>,
+        discourage_seqscan: bool,
+    ) -> Result<Plan> {
+        self.backend.explain(table, query, discourage_seqscan).await
+    }
+    pub async fn last_seq(&self) -> Result<i64> {
+        self.backend.last_seq().await
+    }
+    pub async fn changes_after(&self, seq: i64, limit: u32) -> Result<Vec<ChangeRow>> {
+        self.backend.changes_after(seq, limit).await
+    }
+    pub async fn prune_changes(&self, older_than: &str) -> Result<u64> {
+        self.backend.prune_changes(older_than).await
+    }
+    pub async fn notify_catalog(&self) -> Result<()> {
+        self.backend.notify_catalog().await
+    }
+    pub fn pool_stats(&self) -> Vec<PoolStat> {
+        self.backend.pool_stats()
+    }
+
+    /// Stops the writer after the queued jobs and closes the pools (SQLite checkpoints).
+    pub async fn close(&self) {
+        self.writer.stop().await;
+        self.backend.close().await;
+    }
+}

@@ -1,0 +1,338 @@
+//! SQLite backend: one database file in WAL mode, a single writer connection (used by the
+//! group-commit writer) and a pool of `query_only` reader connections.
+
+mod dialect;
+mod tx;
+
+use std::path::Path;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Row, Sqlite};
+
+use super::query::{Param, select_count, select_page};
+use super::writer::WriteSession;
+use super::{
+    Backend, ChangeRow, CollectionRow, DocQuery, DocRow, Error, Kind, Options, Plan, PoolStat,
+    RemoteEvents, Result,
+};
+use crate::query::Filter;
+pub(crate) use dialect::Sqlite as Dialect;
+
+pub(crate) struct SqliteBackend {
+    read: SqlitePool,
+    write: SqlitePool,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+impl SqliteBackend {
+    pub(crate) async fn open_dir(dir: &Path, opts: &Options) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::Other(format!("cannot create data folder {}: {e}", dir.display()))
+        })?;
+        let connect = SqliteConnectOptions::new().filename(dir.join("data.db"));
+        Self::open(connect, opts).await
+    }
+
+    pub(crate) async fn open_url(url: &str, opts: &Options) -> Result<Self> {
+        let connect = SqliteConnectOptions::from_str(url)
+            .map_err(|e| Error::Other(format!("invalid SQLite URL: {e}")))?;
+        Self::open(connect, opts).await
+    }
+
+    async fn open(connect: SqliteConnectOptions, opts: &Options) -> Result<Self> {
+        let synchronous = match opts.sqlite_synchronous.as_str() {
+            "normal" => SqliteSynchronous::Normal,
+            _ => SqliteSynchronous::Full,
+        };
+        let connect = connect
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(synchronous)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .pragma("temp_store", "memory")
+            .pragma("cache_size", "-16000")
+            .statement_cache_capacity(512);
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(opts.acquire_timeout)
+            .connect_with(connect.clone())
+            .await?;
+        MIGRATOR.run(&write).await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(opts.max_connections.max(1))
+            .acquire_timeout(opts.acquire_timeout)
+            .connect_with(connect.pragma("query_only", "true"))
+            .await?;
+        let backend = SqliteBackend { read, write };
+        backend.log_settings().await?;
+        Ok(backend)
+    }
+
+    /// Logs the durability-relevant settings once at start (HOSTILE DUR-02).
+    async fn log_settings(&self) -> Result<()> {
+        let mut conn = self.write.acquire().await?;
+        let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut *conn)
+            .await?;
+        let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut *conn)
+            .await?;
+        let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+            .fetch_one(&mut *conn)
+            .await?;
+        let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+            .fetch_one(&mut *conn)
+            .await?;
+        let version: String = sqlx::query_scalar("SELECT sqlite_version()")
+            .fetch_one(&mut *conn)
+            .await?;
+        let sync = match sync {
+            0 => "off",
+            1 => "normal",
+            2 => "full",
+            _ => "extra",
+        };
+        tracing::info!(
+            sqlite.version = %version,
+            journal_mode = %journal,
+            synchronous = sync,
+            foreign_keys = fk == 1,
+            busy_timeout_ms = busy,
+            "sqlite opened"
+        );
+        Ok(())
+    }
+}
+
+pub(crate) fn table(id: i64) -> String {
+    format!("fb_docs_{id}")
+}
+
+pub(crate) fn bind_params(
+    mut query: sqlx::query::Query<'_, Sqlite, SqliteArguments>,
+    params: Vec<Param>,
+) -> sqlx::query::Query<'_, Sqlite, SqliteArguments> {
+    for param in params {
+        query = match param {
+            Param::Null => query.bind(None::<String>),
+            Param::Int(i) => query.bind(i),
+            Param::Float(f) => query.bind(f),
+            Param::Text(s) => query.bind(s),
+        };
+    }
+    query
+}
+
+pub(crate) fn doc_row(row: &SqliteRow) -> Result<DocRow> {
+    Ok(DocRow {
+        id: row.try_get(0)?,
+        owner: row.try_get(1)?,
+        created_at: row.try_get(2)?,
+        updated_at: row.try_get(3)?,
+        version: row.try_get(4)?,
+        data: row.try_get(5)?,
+    })
+}
+
+fn change_row(row: &SqliteRow) -> Result<ChangeRow> {
+    Ok(ChangeRow {
+        seq: row.try_get(0)?,
+        collection: row.try_get(1)?,
+        doc_id: row.try_get(2)?,
+        op: row.try_get(3)?,
+        before: row.try_get(4)?,
+        after: row.try_get(5)?,
+        actor: row.try_get(6)?,
+        at: row.try_get(7)?,
+    })
+}
+
+#[async_trait]
+impl Backend for SqliteBackend {
+    fn kind(&self) -> Kind {
+        Kind::Sqlite
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.read).await?;
+        Ok(())
+    }
+
+    async fn get_meta(&self, key: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM fb_meta WHERE key = ?")
+                .bind(key)
+                .fetch_optional(&self.read)
+                .await?,
+        )
+    }
+
+    async fn init_meta(&self, key: &str, value: &str) -> Result<String> {
+        let mut conn = self.write.acquire().await?;
+        sqlx::query("INSERT INTO fb_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING")
+            .bind(key)
+            .bind(value)
+            .execute(&mut *conn)
+            .await?;
+        Ok(
+            sqlx::query_scalar("SELECT value FROM fb_meta WHERE key = ?")
+                .bind(key)
+                .fetch_one(&mut *conn)
+                .await?,
+        )
+    }
+
+    async fn list_collections(&self) -> Result<Vec<CollectionRow>> {
+        let rows = sqlx::query(
+            "SELECT id, name, spec, version, created_at, updated_at FROM fb_collections ORDER BY name",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(CollectionRow {
+                    id: r.try_get(0)?,
+                    name: r.try_get(1)?,
+                    spec: r.try_get(2)?,
+                    version: r.try_get(3)?,
+                    created_at: r.try_get(4)?,
+                    updated_at: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn get_doc(&self, table_id: i64, id: &str) -> Result<Option<DocRow>> {
+        let sql = format!(
+            "SELECT id, owner, created_at, updated_at, version, data FROM {} WHERE id = ?",
+            table(table_id)
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?;
+        row.as_ref().map(doc_row).transpose()
+    }
+
+    async fn query_docs(&self, table_id: i64, query: &DocQuery<'_>) -> Result<Vec<DocRow>> {
+        let (sql, params) = select_page(&Dialect, &table(table_id), "data", query);
+        let rows = bind_params(sqlx::query(AssertSqlSafe(sql)), params)
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(doc_row).collect()
+    }
+
+    async fn count_docs(&self, table_id: i64, filter: &Filter) -> Result<u64> {
+        let (sql, params) = select_count(&Dialect, &table(table_id), filter);
+        let row = bind_params(sqlx::query(AssertSqlSafe(sql)), params)
+            .fetch_one(&self.read)
+            .await?;
+        let n: i64 = row.try_get(0)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn explain(&self, table_id: i64, query: &DocQuery<'_>, _: bool) -> Result<Plan> {
+        let (sql, params) = select_page(&Dialect, &table(table_id), "data", query);
+        let rows = bind_params(
+            sqlx::query(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}"))),
+            params,
+        )
+        .fetch_all(&self.read)
+        .await?;
+        let mut text = String::new();
+        for row in rows {
+            let detail: String = row.try_get(3)?;
+            text.push_str(&detail);
+            text.push('\n');
+        }
+        Ok(Plan::from_text(table_id, text))
+    }
+
+    async fn last_seq(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM fb_changes")
+                .fetch_one(&self.read)
+                .await?,
+        )
+    }
+
+    async fn changes_after(&self, seq: i64, limit: u32) -> Result<Vec<ChangeRow>> {
+        let rows = sqlx::query(
+            "SELECT seq, collection, doc_id, op, before, after, actor, at FROM fb_changes \
+             WHERE seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(change_row).collect()
+    }
+
+    async fn prune_changes(&self, older_than: &str) -> Result<u64> {
+        // In chunks, so the writer is never blocked for long; the newest row always stays
+        // so that MAX(seq) keeps telling where the log is.
+        let mut total = 0;
+        loop {
+            let mut conn = self.write.acquire().await?;
+            let done = sqlx::query(
+                "DELETE FROM fb_changes WHERE seq IN (SELECT seq FROM fb_changes WHERE at < ? \
+                 AND seq < (SELECT MAX(seq) FROM fb_changes) ORDER BY seq LIMIT 1000)",
+            )
+            .bind(older_than)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            total += done;
+            if done < 1000 {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn write_session(&self) -> Result<Box<dyn WriteSession>> {
+        let conn = self.write.acquire().await?;
+        Ok(Box::new(tx::SqliteSession::new(conn)))
+    }
+
+    async fn notify_catalog(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn listen(&self, _events: RemoteEvents) -> Result<()> {
+        // One process owns a SQLite file: there are no other nodes to hear from.
+        Ok(())
+    }
+
+    fn pool_stats(&self) -> Vec<PoolStat> {
+        vec![
+            PoolStat {
+                pool: "read",
+                size: self.read.size(),
+                idle: u32::try_from(self.read.num_idle()).unwrap_or(u32::MAX),
+            },
+            PoolStat {
+                pool: "write",
+                size: self.write.size(),
+                idle: u32::try_from(self.write.num_idle()).unwrap_or(u32::MAX),
+            },
+        ]
+    }
+
+    async fn close(&self) {
+        self.read.close().await;
+        if let Ok(mut conn) = self.write.acquire().await {
+            let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&mut *conn)
+                .await;
+        }
+        self.write.close().await;
+    }
+}

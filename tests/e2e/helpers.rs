@@ -1,0 +1,500 @@
+//! The test harness: spawn the real `ferrobase` binary on a free loopback port with a fresh
+//! data folder (and, for Postgres, a fresh database), and talk to it over HTTP.
+//!
+//! - `TEST_LOG=1` shows the server's log; otherwise it is kept in the data folder and
+//!   printed only when the server fails to start.
+//! - Postgres: `FERROBASE_TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`)
+//!   names a server where databases may be created. When it is unreachable the Postgres
+//!   variant of a test is skipped — unless `FERROBASE_REQUIRE_POSTGRES=1`, which makes it fail
+//!   (CI sets it).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const SERVICE_KEY: &str = "test-service-key-0123456789";
+
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// Postgres if it is reachable; `None` (skip) otherwise, unless Postgres is required.
+    pub fn postgres() -> Option<Backend> {
+        if postgres_available() {
+            Some(Backend::Postgres)
+        } else if std::env::var("FERROBASE_REQUIRE_POSTGRES").as_deref() == Ok("1") {
+            panic!(
+                "FERROBASE_REQUIRE_POSTGRES=1 but Postgres is unreachable at {}",
+                admin_url()
+            );
+        } else {
+            eprintln!("skipped: Postgres is unreachable at {}", admin_url());
+            None
+        }
+    }
+}
+
+/// Defines `mod name { sqlite(), postgres() }` running `name(backend)` on each backend.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::helpers::Backend::Sqlite).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    if let Some(backend) = $crate::helpers::Backend::postgres() {
+                        super::$name(backend).await
+                    }
+                }
+            }
+        )*
+    };
+}
+
+fn admin_url() -> String {
+    std::env::var("FERROBASE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+fn postgres_available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        run_blocking(async {
+            use sqlx::Connection;
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                sqlx::PgConnection::connect(&admin_url()),
+            )
+            .await
+            .map(|r| r.is_ok())
+            .unwrap_or(false)
+        })
+    })
+}
+
+/// Runs a future on a fresh runtime in another thread (usable from `Drop` and sync code).
+fn run_blocking<T: Send + 'static>(
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(fut)
+    })
+    .join()
+    .expect("helper thread panicked")
+}
+
+/// A fresh Postgres database, dropped (with its connections) when this is dropped.
+pub struct PgDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl PgDatabase {
+    pub fn create() -> PgDatabase {
+        let name = format!("fb_test_{}", random_suffix());
+        let admin = admin_url();
+        let create = format!("CREATE DATABASE {name}");
+        run_blocking({
+            let admin = admin.clone();
+            async move {
+                use sqlx::{Connection, Executor};
+                let mut conn = sqlx::PgConnection::connect(&admin)
+                    .await
+                    .expect("connect to Postgres");
+                conn.execute(sqlx::AssertSqlSafe(create))
+                    .await
+                    .expect("create test database");
+            }
+        });
+        let base = admin
+            .rsplit_once('/')
+            .map(|(b, _)| b.to_owned())
+            .unwrap_or(admin);
+        PgDatabase {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let admin = admin_url();
+        let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        run_blocking(async move {
+            use sqlx::{Connection, Executor};
+            if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                let _ = conn.execute(sqlx::AssertSqlSafe(drop)).await;
+            }
+        });
+    }
+}
+
+fn random_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        nanos % 1_000_000_000
+    )
+}
+
+/// How to start a server.
+#[derive(Clone)]
+pub struct Options {
+    pub backend: Backend,
+    /// `ferrobase.toml` contents.
+    pub config: Option<String>,
+    pub env: Vec<(String, String)>,
+    /// Pass `--service-key` (otherwise the server generates one).
+    pub service_key: bool,
+}
+
+impl Options {
+    pub fn new(backend: Backend) -> Self {
+        Self {
+            backend,
+            config: None,
+            env: Vec::new(),
+            service_key: true,
+        }
+    }
+
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config = Some(toml.to_owned());
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub async fn start(self) -> TestServer {
+        TestServer::start_with(self).await
+    }
+}
+
+/// A running server and what it needs: its data folder, its database.
+pub struct TestServer {
+    pub url: String,
+    pub backend: Backend,
+    pub client: reqwest::Client,
+    /// What the server printed on stdout up to and including its listening line.
+    pub stdout: Vec<String>,
+    child: Option<Child>,
+    options: Options,
+    dir: tempfile::TempDir,
+    pub pg: Option<PgDatabase>,
+}
+
+impl TestServer {
+    pub async fn start(backend: Backend) -> TestServer {
+        Options::new(backend).start().await
+    }
+
+    async fn start_with(options: Options) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pg = (options.backend == Backend::Postgres).then(PgDatabase::create);
+        let mut server = TestServer {
+            url: String::new(),
+            backend: options.backend,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("client"),
+            stdout: Vec::new(),
+            child: None,
+            options,
+            dir,
+            pg,
+        };
+        if let Some(config) = &server.options.config {
+            std::fs::write(server.dir.path().join("ferrobase.toml"), config).expect("write config");
+        }
+        server.spawn().await;
+        server
+    }
+
+    /// Sends a raw HTTP/1.1 request (request line and headers, without the final blank line
+    /// and without Host/Authorization, which are added) and returns (status, raw response).
+    /// For paths an HTTP client library would normalise.
+    pub async fn raw(&self, head: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.url.trim_start_matches("http://").to_owned();
+        let mut stream = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        let request = format!(
+            "{head}Host: {addr}\r\nAuthorization: Bearer {SERVICE_KEY}\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut response = Vec::new();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await;
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (status, text)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    /// The command that runs `ferrobase <args>` against this server's data and database.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrobase"));
+        // The server's configuration comes only from this harness.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("FERROBASE_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env_remove("RUST_LOG")
+            .env("FERROBASE_DATA_DIR", self.data_dir())
+            .env(
+                "FERROBASE_LOG",
+                if std::env::var("TEST_LOG").is_ok() {
+                    "info,ferrobase=debug"
+                } else {
+                    "warn"
+                },
+            )
+            .env("FERROBASE_DB_MAX_CONNECTIONS", "4");
+        if let Some(pg) = &self.pg {
+            cmd.env("FERROBASE_DATABASE_URL", &pg.url);
+        }
+        for (k, v) in &self.options.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    async fn spawn(&mut self) {
+        let mut args = vec!["serve", "--http", "127.0.0.1:0"];
+        if self.options.service_key {
+            args.extend(["--service-key", SERVICE_KEY]);
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
+        let mut cmd = self.command(&args);
+        cmd.stdout(Stdio::piped()).kill_on_drop(true);
+        if std::env::var("TEST_LOG").is_ok() {
+            cmd.stderr(Stdio::inherit());
+        } else {
+            cmd.stderr(Stdio::from(log));
+        }
+        let mut child = cmd.spawn().expect("spawn ferrobase");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut printed = Vec::new();
+        let url = loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, lines.next_line()).await {
+                Ok(Ok(Some(line))) => {
+                    let found = line
+                        .strip_prefix("ferrobase listening on ")
+                        .map(str::to_owned);
+                    printed.push(line);
+                    if let Some(url) = found {
+                        break url;
+                    }
+                }
+                other => {
+                    let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+                    panic!("ferrobase did not start ({other:?}); stdout: {printed:?}; log:\n{log}");
+                }
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.url = url;
+        self.stdout = printed;
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no graceful shutdown, no flushing.
+    pub async fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+
+    /// Starts the server again on the same data folder and database.
+    pub async fn restart(&mut self) {
+        self.kill9().await;
+        self.spawn().await;
+    }
+
+    /// SIGTERM, then wait for the process to exit; returns its exit success.
+    pub async fn terminate(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        if let Some(pid) = child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
+            Ok(Ok(status)) => status.success(),
+            _ => false,
+        }
+    }
+
+    // ---- requests ----
+
+    pub fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, format!("{}{path}", self.url))
+    }
+
+    /// A request with the service key.
+    pub fn svc(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.req(method, path).bearer_auth(SERVICE_KEY)
+    }
+
+    /// Sends and returns (status, JSON body or Null).
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let response = request.send().await.expect("request failed");
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    pub async fn svc_json(&self, method: Method, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(self.svc(method, path).json(&body)).await
+    }
+
+    pub async fn svc_get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(self.svc(Method::GET, path)).await
+    }
+
+    /// Declares a collection (as the service), asserting success.
+    pub async fn collection(&self, name: &str, extra: Value) -> Value {
+        let mut body = json!({ "name": name });
+        if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
+            b.extend(e);
+        }
+        let (status, value) = self
+            .svc_json(Method::POST, "/v1/admin/collections", body)
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::CREATED,
+            "create collection {name}: {value}"
+        );
+        value
+    }
+
+    /// Creates a document as the service, asserting success.
+    pub async fn create(&self, collection: &str, doc: Value) -> Value {
+        let (status, value) = self
+            .svc_json(Method::POST, &format!("/v1/db/{collection}"), doc)
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::CREATED,
+            "create in {collection}: {value}"
+        );
+        value
+    }
+
+    /// Asserts the server still answers `/health` (after a hostile request).
+    pub async fn assert_healthy(&self) {
+        let (status, _) = self.send(self.req(Method::GET, "/health")).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "the server stopped answering /health"
+        );
+    }
+}
+
+/// Asserts status and error code of an error response.
+#[track_caller]
+pub fn assert_error(actual: &(StatusCode, Value), status: u16, code: &str) {
+    assert_eq!(
+        actual.0.as_u16(),
+        status,
+        "expected {status} {code}, got {} {}",
+        actual.0,
+        actual.1
+    );
+    assert_eq!(
+        actual.1["error"]["code"], code,
+        "expected code {code}, got {}",
+        actual.1
+    );
+    assert!(
+        actual.1["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "error without a message: {}",
+        actual.1
+    );
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn path_exists(p: &Path) -> bool {
+    p.exists()
+}
