@@ -29,7 +29,9 @@ CREATE TABLE fb_changes (
 CREATE INDEX fb_changes_at ON fb_changes (at);
 
 -- Key functions of the query language (see server/src/store/query.rs): every JSON value
--- sorts by (rank, number, text). IMMUTABLE so that expression indexes can use them.
+-- sorts by (rank, number, text). IMMUTABLE so that expression indexes can use them. They
+-- never return NULL (0 and '' stand for "not this type"), so an equality on a field is an
+-- equality on every key column and the planner can use index order for what follows.
 CREATE FUNCTION fb_rank(v jsonb) RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE jsonb_typeof(v)
@@ -42,6 +44,7 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE jsonb_typeof(v)
         WHEN 'number' THEN v::numeric
         WHEN 'boolean' THEN CASE WHEN v::boolean THEN 1 ELSE 0 END
+        ELSE 0
     END
 $$;
 
@@ -51,5 +54,6 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
         WHEN 'string' THEN v #>> '{}'
         WHEN 'array' THEN v::text
         WHEN 'object' THEN v::text
+        ELSE ''
     END
 $$;

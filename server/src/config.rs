@@ -417,6 +417,16 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_documents_every_environment_variable() {
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+                .unwrap();
+        for (name, _) in ENV_VARS {
+            assert!(readme.contains(name), "README.md does not mention {name}");
+        }
+    }
+
+    #[test]
     fn flags_override_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.toml");

@@ -1,10 +1,14 @@
 //! Black-box tests: each test starts the real `ferrobase` binary and speaks HTTP to it.
 //! Behaviour suites run on SQLite and on Postgres (`on_both_backends!`).
 
-#![expect(clippy::unwrap_used, reason = "a test should fail loudly on the first surprise")]
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test should fail loudly on the first surprise"
+)]
 
 mod helpers;
 
+mod agreement;
 mod documents;
 mod durability;
 mod queries;

@@ -104,7 +104,7 @@ impl Catalog {
         let coll_name = name.as_str().to_owned();
         let result = self
             .store
-            .write(Box::new(move |tx: &mut dyn Tx| {
+            .write_all_or_nothing(Box::new(move |tx: &mut dyn Tx| {
                 async move {
                     let table = tx.create_collection(&coll_name, &spec_json, &at).await?;
                     for index in &indexes {
@@ -140,7 +140,7 @@ impl Catalog {
         let table = existing.table;
         let result = self
             .store
-            .write(Box::new(move |tx: &mut dyn Tx| {
+            .write_all_or_nothing(Box::new(move |tx: &mut dyn Tx| {
                 async move {
                     tx.update_collection(table, &spec_json, &at).await?;
                     let present = tx.index_keys(table).await?;
@@ -180,7 +180,7 @@ impl Catalog {
         let existing = self.require(name)?;
         let table = existing.table;
         self.store
-            .write(Box::new(move |tx: &mut dyn Tx| {
+            .write_all_or_nothing(Box::new(move |tx: &mut dyn Tx| {
                 async move { tx.drop_collection(table).await }.boxed()
             }))
             .await?;

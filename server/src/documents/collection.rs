@@ -109,6 +109,14 @@ impl Collection {
         })
     }
 
+    /// The table, as the store needs it for writes.
+    pub fn table_ref(&self) -> crate::store::TableRef {
+        crate::store::TableRef {
+            id: self.table,
+            has_unique: self.indexes.iter().any(|i| i.unique),
+        }
+    }
+
     /// Validates user data against the collection's JSON Schema, if it has one.
     pub fn check_schema(&self, data: &mut Map<String, Value>) -> Result<(), Error> {
         let Some(validator) = &self.schema else {

@@ -472,7 +472,7 @@ impl Documents {
         let principal = principal.clone();
         let access = self.access.clone();
         self.store
-            .write(Box::new(move |tx: &mut dyn Tx| {
+            .write_all_or_nothing(Box::new(move |tx: &mut dyn Tx| {
                 async move {
                     let mut results = Vec::with_capacity(prepared.len());
                     for (index, op) in prepared.iter().enumerate() {
@@ -745,7 +745,7 @@ fn check_version(if_match: Option<i64>, current: Option<&Document>) -> Result<()
 }
 
 async fn load(tx: &mut dyn Tx, coll: &Collection, id: &str) -> Result<Option<Document>, Error> {
-    tx.get_doc(coll.table, id)
+    tx.get_doc(coll.table_ref(), id)
         .await?
         .map(Document::from_row)
         .transpose()
@@ -846,9 +846,8 @@ async fn execute(
             check_version(*if_match, current.as_ref())?;
             let before = current.ok_or(Error::NotFound)?;
             access.check_write(principal, coll, Operation::Delete, Some(&before), None)?;
-            tx.delete_doc(coll.table, id).await?;
             let before_json = before.to_json_string();
-            tx.append_change(&NewChange {
+            let change = NewChange {
                 collection: &coll.name,
                 doc_id: id,
                 op: "delete",
@@ -856,8 +855,8 @@ async fn execute(
                 after: None,
                 actor: actor.as_deref(),
                 at: &time::now(),
-            })
-            .await?;
+            };
+            tx.delete_doc(coll.table_ref(), id, &change).await?;
             Ok(BatchResult::Deleted(id.clone()))
         }
     }
@@ -871,11 +870,8 @@ async fn insert(
 ) -> Result<(), Error> {
     let row = doc.to_row();
     check_size(&row.data)?;
-    tx.insert_doc(coll.table, &row)
-        .await
-        .map_err(|e| conflict(coll, e))?;
     let after = doc.to_json_string();
-    tx.append_change(&NewChange {
+    let change = NewChange {
         collection: &coll.name,
         doc_id: &doc.id,
         op: "create",
@@ -883,8 +879,10 @@ async fn insert(
         after: Some(&after),
         actor,
         at: &doc.created_at,
-    })
-    .await?;
+    };
+    tx.insert_doc(coll.table_ref(), &row, &change)
+        .await
+        .map_err(|e| conflict(coll, e))?;
     Ok(())
 }
 
@@ -897,12 +895,9 @@ async fn overwrite(
 ) -> Result<(), Error> {
     let row = after.to_row();
     check_size(&row.data)?;
-    tx.update_doc(coll.table, &row)
-        .await
-        .map_err(|e| conflict(coll, e))?;
     let before_json = before.to_json_string();
     let after_json = after.to_json_string();
-    tx.append_change(&NewChange {
+    let change = NewChange {
         collection: &coll.name,
         doc_id: &after.id,
         op: "update",
@@ -910,8 +905,10 @@ async fn overwrite(
         after: Some(&after_json),
         actor,
         at: &after.updated_at,
-    })
-    .await?;
+    };
+    tx.update_doc(coll.table_ref(), &row, &change)
+        .await
+        .map_err(|e| conflict(coll, e))?;
     Ok(())
 }
 
@@ -936,5 +933,148 @@ fn conflict(coll: &Collection, e: crate::store::Error) -> Error {
             }
         }
         other => other.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The pipeline's seams, exercised with a real SQLite store.
+
+    use super::*;
+    use crate::documents::hooks::{BeforeEvent, Hooks};
+    use async_trait::async_trait;
+    use serde_json::json;
+
+    /// Upper-cases `title` on create; rejects titles equal to "reject"; refuses deletes.
+    struct TestHooks;
+
+    #[async_trait]
+    impl Hooks for TestHooks {
+        fn has_before(&self, collection: &str, _: WriteKind) -> bool {
+            collection == "hooked"
+        }
+        async fn before(&self, event: &mut BeforeEvent<'_>) -> Result<(), Error> {
+            if event.kind == WriteKind::Delete {
+                assert!(event.doc.is_some(), "delete hooks see the stored document");
+                return Err(Error::Rejected {
+                    status: 409,
+                    message: "keep it".into(),
+                });
+            }
+            if event.data["title"] == "reject" {
+                return Err(Error::Rejected {
+                    status: 422,
+                    message: "no".into(),
+                });
+            }
+            // Creates carry the document; updates carry the update (operators).
+            let target = if event.kind == WriteKind::Update {
+                &mut event.data["$set"]
+            } else {
+                &mut event.data
+            };
+            if let Some(title) = target["title"].as_str() {
+                target["title"] = json!(title.to_uppercase());
+            }
+            Ok(())
+        }
+    }
+
+    async fn setup() -> (tempfile::TempDir, Store, Documents) {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = crate::store::Options {
+            database_url: None,
+            data_dir: dir.path().to_owned(),
+            max_connections: 2,
+            group_commit: true,
+            max_batch: 64,
+            sqlite_synchronous: "normal".into(),
+            acquire_timeout: std::time::Duration::from_secs(5),
+        };
+        let store = Store::open(&opts).await.unwrap();
+        let catalog = Catalog::load(store.clone()).await.unwrap();
+        catalog.create("hooked", Default::default()).await.unwrap();
+        catalog.create("plain", Default::default()).await.unwrap();
+        let docs = Documents::new(
+            store.clone(),
+            catalog,
+            Arc::new(Access),
+            Arc::new(TestHooks),
+        );
+        (dir, store, docs)
+    }
+
+    #[tokio::test]
+    async fn before_hooks_may_change_or_reject_a_write() {
+        let (_dir, store, docs) = setup().await;
+        let p = Principal::Service;
+        let created = docs
+            .create(&p, "hooked", json!({"title": "milk"}))
+            .await
+            .unwrap();
+        assert_eq!(created.data["title"], "MILK");
+        let seq = store.last_seq().await.unwrap();
+        let err = docs
+            .create(&p, "hooked", json!({"title": "reject"}))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Rejected { status: 422, .. }));
+        assert_eq!(
+            store.last_seq().await.unwrap(),
+            seq,
+            "a rejected write appends no change"
+        );
+        let err = docs
+            .delete(&p, "hooked", &created.id, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Rejected { status: 409, .. }));
+        assert!(docs.get(&p, "hooked", &created.id).await.is_ok());
+        let updated = docs
+            .update(
+                &p,
+                "hooked",
+                &created.id,
+                json!({"$set": {"title": "eggs"}}),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            updated.data["title"], "EGGS",
+            "hooks see and may change updates too"
+        );
+        let plain = docs
+            .create(&p, "plain", json!({"title": "milk"}))
+            .await
+            .unwrap();
+        assert_eq!(
+            plain.data["title"], "milk",
+            "collections without hooks are untouched"
+        );
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_change_log_wakes_subscribers_after_commit() {
+        let (_dir, store, docs) = setup().await;
+        let mut commits = store.subscribe_commits();
+        let before = *commits.borrow_and_update();
+        let doc = docs
+            .create(&Principal::Service, "plain", json!({"a": 1}))
+            .await
+            .unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), commits.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        let seq = *commits.borrow();
+        assert!(seq > before);
+        let changes = store.changes_after(before, 10).await.unwrap();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].seq, seq);
+        assert_eq!(changes[0].doc_id, doc.id);
+        assert_eq!(changes[0].op, "create");
+        store.close().await;
     }
 }

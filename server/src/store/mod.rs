@@ -203,17 +203,47 @@ pub struct PoolStat {
     pub idle: u32,
 }
 
+/// The table of a collection, as the store needs to know it for a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableRef {
+    pub id: i64,
+    /// The collection has a unique index besides `_id`, so an update may conflict.
+    pub has_unique: bool,
+}
+
 /// Operations inside a write transaction. Jobs given to [`Store::write`] receive one.
+///
+/// Each document write is atomic with its change row: it either happens whole, or fails
+/// (`Conflict`, `NotFound`) having written nothing and leaving the transaction usable for
+/// the other jobs of the batch. If a backend cannot guarantee that, it reports
+/// [`Tx::poisoned`] and the writer rolls the batch back.
 #[async_trait]
 pub trait Tx: Send {
-    async fn get_doc(&mut self, table: i64, id: &str) -> Result<Option<DocRow>>;
-    /// Inserts a document; `Conflict` when the id or a unique index is taken.
-    async fn insert_doc(&mut self, table: i64, row: &DocRow) -> Result<()>;
-    /// Replaces the stored row with the same id.
-    async fn update_doc(&mut self, table: i64, row: &DocRow) -> Result<()>;
-    /// Deletes by id; false when there was no such document.
-    async fn delete_doc(&mut self, table: i64, id: &str) -> Result<bool>;
-    /// Appends to the change log; returns the new `seq`.
+    /// The stored document, locked for this transaction where the backend locks rows.
+    async fn get_doc(&mut self, table: TableRef, id: &str) -> Result<Option<DocRow>>;
+    /// Inserts a document and appends its change; returns the change's `seq`.
+    /// `Conflict` when the id or a unique value is taken.
+    async fn insert_doc(
+        &mut self,
+        table: TableRef,
+        row: &DocRow,
+        change: &NewChange<'_>,
+    ) -> Result<i64>;
+    /// Overwrites the stored row with the same id and appends the change.
+    async fn update_doc(
+        &mut self,
+        table: TableRef,
+        row: &DocRow,
+        change: &NewChange<'_>,
+    ) -> Result<i64>;
+    /// Deletes by id and appends the change; `NotFound` when there was no such document.
+    async fn delete_doc(
+        &mut self,
+        table: TableRef,
+        id: &str,
+        change: &NewChange<'_>,
+    ) -> Result<i64>;
+    /// Appends a change that is not a document write (auth and storage events).
     async fn append_change(&mut self, change: &NewChange<'_>) -> Result<i64>;
 
     /// Creates the catalog row and the collection's table; returns the table id.
@@ -226,6 +256,10 @@ pub trait Tx: Send {
     async fn index_keys(&mut self, table: i64) -> Result<Vec<String>>;
     async fn create_index(&mut self, table: i64, index: &IndexDef) -> Result<()>;
     async fn drop_index(&mut self, table: i64, key: &str) -> Result<()>;
+
+    /// True when a failed statement left the transaction unusable (Postgres aborts a
+    /// transaction on any error; SQLite only if a later statement of a write failed).
+    fn poisoned(&self) -> bool;
 }
 
 /// The read side of a backend, plus the few things the writer and the bus need.
@@ -346,13 +380,25 @@ impl Store {
     }
 
     /// Runs `job` inside a write transaction, grouped with concurrent jobs into one commit.
-    /// The result is returned only after the commit is durable.
+    /// The result is returned only after the commit is durable. The job must make at most
+    /// one [`Tx`] write (each is atomic on its own); use [`Store::write_all_or_nothing`] for
+    /// more.
     pub async fn write<T, E>(&self, job: WriteJob<T, E>) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<Error> + Send + 'static,
     {
-        self.writer.submit(job).await
+        self.writer.submit(job, false).await
+    }
+
+    /// Like [`Store::write`], for a job of several writes: a savepoint makes them all or
+    /// nothing when the job fails.
+    pub async fn write_all_or_nothing<T, E>(&self, job: WriteJob<T, E>) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+    {
+        self.writer.submit(job, true).await
     }
 
     /// The seq of the newest committed change, updated on every local and remote commit.
@@ -414,5 +460,48 @@ impl Store {
     pub async fn close(&self) {
         self.writer.stop().await;
         self.backend.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    fn versions(dialect: &str) -> BTreeSet<String> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../migrations")
+            .join(dialect);
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".sql"))
+            .collect()
+    }
+
+    #[test]
+    fn both_dialects_have_the_same_migrations() {
+        let sqlite = versions("sqlite");
+        assert!(!sqlite.is_empty());
+        assert_eq!(
+            sqlite,
+            versions("postgres"),
+            "migrations/sqlite and migrations/postgres must mirror each other"
+        );
+    }
+
+    #[test]
+    fn conflict_names_map_to_domain_keys() {
+        assert_eq!(
+            super::conflict_name("UNIQUE constraint failed: fb_docs_12.id"),
+            "_id"
+        );
+        assert_eq!(super::conflict_name("fb_docs_12_pkey"), "_id");
+        assert_eq!(
+            super::conflict_name("UNIQUE constraint failed: index 'fb_docs_3_xab12cd'"),
+            "ab12cd"
+        );
+        assert_eq!(super::conflict_name("fb_docs_3_xab12cd"), "ab12cd");
+        assert_eq!(super::conflict_name("fb_collections_name_key"), "name");
     }
 }

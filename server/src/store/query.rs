@@ -113,9 +113,10 @@ pub(crate) fn select_page(
     }
     sql.push_str(" ORDER BY ");
     sql.push_str(&order_sql(d, q.sort));
-    let limit = b.bind(Param::Int(i64::from(q.limit)));
-    let offset = b.bind(Param::Int(i64::try_from(q.offset).unwrap_or(i64::MAX)));
-    sql.push_str(&format!(" LIMIT {limit} OFFSET {offset}"));
+    // LIMIT and OFFSET are written as literals: they are integers we produced, and SQLite
+    // specialises a plan on a bound LIMIT, recompiling the statement every time the
+    // parameter is bound again (which is every execution).
+    sql.push_str(&format!(" LIMIT {} OFFSET {}", q.limit, q.offset));
     (sql, b.params)
 }
 

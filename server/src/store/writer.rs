@@ -1,8 +1,10 @@
 //! The group-commit writer: every write of a node runs here, one batch at a time.
 //!
 //! Jobs queue on a channel. The writer takes the first job and every job already waiting
-//! (up to `max_batch`), runs them in one transaction — each inside its own savepoint, so a
-//! job that fails rolls back alone — and commits once. Under load many requests share one
+//! (up to `max_batch`), runs them in one transaction and commits once. A job that fails
+//! rolls back alone: a single write is atomic by itself (see [`Tx`]), and a job of several
+//! writes runs inside a savepoint. If a failure leaves the transaction unusable
+//! ([`Tx::poisoned`]) the whole batch is rolled back and every job in it fails. Under load many requests share one
 //! commit (one fsync on SQLite); with no load a batch is one job and nothing waits. A job's
 //! result is handed back only after the commit, so an acknowledged write is durable.
 //!
@@ -47,6 +49,8 @@ struct Job {
     run: Runner,
     /// Fails the job with a store error when it could not run at all.
     abort: Box<dyn FnOnce(Error) + Send>,
+    /// Run inside a savepoint (a job of several writes).
+    savepoint: bool,
 }
 
 const QUEUE: usize = 8192;
@@ -74,7 +78,7 @@ impl Writer {
         }
     }
 
-    pub(crate) async fn submit<T, E>(&self, job: WriteJob<T, E>) -> Result<T, E>
+    pub(crate) async fn submit<T, E>(&self, job: WriteJob<T, E>, savepoint: bool) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<Error> + Send + 'static,
@@ -102,7 +106,12 @@ impl Writer {
                 let _ = sender.send(Err(E::from(e)));
             }
         });
-        if self.queue.send(Job { run: runner, abort }).await.is_err() {
+        let job = Job {
+            run: runner,
+            abort,
+            savepoint,
+        };
+        if self.queue.send(job).await.is_err() {
             return Err(E::from(Error::Unavailable(
                 "the server is shutting down".into(),
             )));
@@ -176,7 +185,8 @@ async fn run_batch(backend: &dyn Backend, batch: Vec<Job>, committed: &watch::Se
     let mut completions: Vec<Completion> = Vec::with_capacity(size);
     let mut jobs = batch.into_iter();
     while let Some(job) = jobs.next() {
-        if grouped && let Err(e) = session.savepoint().await {
+        let savepoint = grouped && job.savepoint;
+        if savepoint && let Err(e) = session.savepoint().await {
             return fail_batch(&mut *session, completions, job, jobs, e).await;
         }
         let tx: &mut dyn Tx = &mut *session;
@@ -188,23 +198,22 @@ async fn run_batch(backend: &dyn Backend, batch: Vec<Job>, committed: &watch::Se
                 None
             }
         };
-        match completion {
-            Some(completion) => {
-                completions.push(completion);
-                if grouped && let Err(e) = session.release().await {
-                    return fail_rest(&mut *session, completions, jobs, e).await;
-                }
-            }
-            None if grouped => {
-                let undo = match session.rollback_to().await {
-                    Ok(()) => session.release().await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = undo {
-                    return fail_rest(&mut *session, completions, jobs, e).await;
-                }
-            }
-            None => {}
+        let undo = match (&completion, savepoint) {
+            (Some(_), true) => session.release().await,
+            (None, true) => match session.rollback_to().await {
+                Ok(()) => session.release().await,
+                Err(e) => Err(e),
+            },
+            (_, false) if session.poisoned() => Err(Error::Other(
+                "a failed statement left the transaction unusable".into(),
+            )),
+            (_, false) => Ok(()),
+        };
+        if let Some(completion) = completion {
+            completions.push(completion);
+        }
+        if let Err(e) = undo {
+            return fail_rest(&mut *session, completions, jobs, e).await;
         }
     }
     if completions.is_empty() {

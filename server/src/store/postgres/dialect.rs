@@ -47,7 +47,7 @@ impl Postgres {
             1 | 2 => {
                 let p = b.bind(Param::Text(number_text(value).unwrap_or_default()));
                 format!(
-                    "{} = {r} AND {} = {p}::numeric AND {} IS NULL",
+                    "{} = {r} AND {} = {p}::numeric AND {} = ''",
                     rank_expr(x),
                     num_expr(x),
                     text_expr(x)
@@ -56,7 +56,7 @@ impl Postgres {
             _ => {
                 let p = self.text_param(value, b);
                 format!(
-                    "{} = {r} AND {} IS NULL AND {} = {p}",
+                    "{} = {r} AND {} = 0 AND {} = {p}",
                     rank_expr(x),
                     num_expr(x),
                     text_expr(x)
@@ -157,7 +157,7 @@ impl Dialect for Postgres {
                 Value::String(s) => {
                     let p = b.bind(Param::Text(s.clone()));
                     format!(
-                        "{} = 3 AND {} IS NULL AND {} {} {p}",
+                        "{} = 3 AND {} = 0 AND {} {} {p}",
                         rank_expr(&x),
                         num_expr(&x),
                         text_expr(&x),

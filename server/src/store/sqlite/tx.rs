@@ -1,18 +1,44 @@
 //! The SQLite write session: a transaction on the single writer connection.
+//!
+//! sqlx runs each SQLite connection on its own thread, so every query is a round trip
+//! between threads. A document write and its change row therefore go as one multi-statement
+//! query (sqlx binds `?` parameters across the statements): one round trip per write.
+//! SQLite undoes a failing statement by itself and keeps the transaction, so when the
+//! document statement fails (a unique conflict) nothing was written and no savepoint is
+//! needed; if the change statement after it failed, the session is poisoned.
 
 use async_trait::async_trait;
 use sqlx::pool::PoolConnection;
+use sqlx::sqlite::SqliteArguments;
 use sqlx::{AssertSqlSafe, Row, Sqlite};
 
 use super::{doc_row, table};
 use crate::store::query::index_expressions;
 use crate::store::writer::WriteSession;
-use crate::store::{DocRow, Error, IndexDef, NewChange, Result, Tx};
+use crate::store::{DocRow, Error, IndexDef, NewChange, Result, TableRef, Tx};
+
+/// Appends the change of the write just before it, only if that write changed a row.
+const CHANGE_AFTER_WRITE: &str = "INSERT INTO fb_changes (collection, doc_id, op, before, after, actor, at) \
+     SELECT ?, ?, ?, ?, ?, ?, ? WHERE changes() > 0 RETURNING seq";
+
+type Query<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments>;
+
+fn bind_change<'q>(query: Query<'q>, change: &NewChange<'_>) -> Query<'q> {
+    query
+        .bind(change.collection.to_owned())
+        .bind(change.doc_id.to_owned())
+        .bind(change.op.to_owned())
+        .bind(change.before.map(str::to_owned))
+        .bind(change.after.map(str::to_owned))
+        .bind(change.actor.map(str::to_owned))
+        .bind(change.at.to_owned())
+}
 
 pub(crate) struct SqliteSession {
     conn: PoolConnection<Sqlite>,
     last_seq: Option<i64>,
     saved: Option<i64>,
+    poisoned: bool,
 }
 
 impl SqliteSession {
@@ -21,6 +47,32 @@ impl SqliteSession {
             conn,
             last_seq: None,
             saved: None,
+            poisoned: false,
+        }
+    }
+
+    /// Runs `write; CHANGE_AFTER_WRITE` in one round trip; `NotFound` when the write
+    /// changed no row.
+    async fn write_with_change(&mut self, query: Query<'_>) -> Result<i64> {
+        match query.fetch_all(&mut *self.conn).await {
+            Ok(rows) => {
+                let Some(row) = rows.last() else {
+                    return Err(Error::NotFound);
+                };
+                let seq: i64 = row.try_get(0)?;
+                self.last_seq = Some(seq);
+                Ok(seq)
+            }
+            Err(e) => {
+                let e = Error::from(e);
+                // A conflict names the document table: the first statement failed and
+                // SQLite undid it. Anything else may have come after the document was
+                // written.
+                if !matches!(e, Error::Conflict { .. }) {
+                    self.poisoned = true;
+                }
+                Err(e)
+            }
         }
     }
 
@@ -34,6 +86,7 @@ impl SqliteSession {
 impl WriteSession for SqliteSession {
     async fn begin(&mut self) -> Result<()> {
         self.last_seq = None;
+        self.poisoned = false;
         self.exec("BEGIN IMMEDIATE").await
     }
 
@@ -61,6 +114,7 @@ impl WriteSession for SqliteSession {
 
     async fn rollback_to(&mut self) -> Result<()> {
         self.last_seq = self.saved;
+        self.poisoned = false;
         self.exec("ROLLBACK TO job").await
     }
 
@@ -71,10 +125,10 @@ impl WriteSession for SqliteSession {
 
 #[async_trait]
 impl Tx for SqliteSession {
-    async fn get_doc(&mut self, table_id: i64, id: &str) -> Result<Option<DocRow>> {
+    async fn get_doc(&mut self, t: TableRef, id: &str) -> Result<Option<DocRow>> {
         let sql = format!(
             "SELECT id, owner, created_at, updated_at, version, data FROM {} WHERE id = ?",
-            table(table_id)
+            table(t.id)
         );
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(id)
@@ -83,49 +137,52 @@ impl Tx for SqliteSession {
         row.as_ref().map(doc_row).transpose()
     }
 
-    async fn insert_doc(&mut self, table_id: i64, row: &DocRow) -> Result<()> {
+    async fn insert_doc(
+        &mut self,
+        t: TableRef,
+        row: &DocRow,
+        change: &NewChange<'_>,
+    ) -> Result<i64> {
         let sql = format!(
-            "INSERT INTO {} (id, owner, created_at, updated_at, version, data) VALUES (?, ?, ?, ?, ?, ?)",
-            table(table_id)
+            "INSERT INTO {} (id, owner, created_at, updated_at, version, data) VALUES (?, ?, ?, ?, ?, ?); {CHANGE_AFTER_WRITE}",
+            table(t.id)
         );
-        sqlx::query(AssertSqlSafe(sql))
-            .bind(&row.id)
-            .bind(&row.owner)
-            .bind(&row.created_at)
-            .bind(&row.updated_at)
+        let query = sqlx::query(AssertSqlSafe(sql))
+            .bind(row.id.clone())
+            .bind(row.owner.clone())
+            .bind(row.created_at.clone())
+            .bind(row.updated_at.clone())
             .bind(row.version)
-            .bind(&row.data)
-            .execute(&mut *self.conn)
-            .await?;
-        Ok(())
+            .bind(row.data.clone());
+        self.write_with_change(bind_change(query, change)).await
     }
 
-    async fn update_doc(&mut self, table_id: i64, row: &DocRow) -> Result<()> {
+    async fn update_doc(
+        &mut self,
+        t: TableRef,
+        row: &DocRow,
+        change: &NewChange<'_>,
+    ) -> Result<i64> {
         let sql = format!(
-            "UPDATE {} SET owner = ?, updated_at = ?, version = ?, data = ? WHERE id = ?",
-            table(table_id)
+            "UPDATE {} SET owner = ?, updated_at = ?, version = ?, data = ? WHERE id = ?; {CHANGE_AFTER_WRITE}",
+            table(t.id)
         );
-        let done = sqlx::query(AssertSqlSafe(sql))
-            .bind(&row.owner)
-            .bind(&row.updated_at)
+        let query = sqlx::query(AssertSqlSafe(sql))
+            .bind(row.owner.clone())
+            .bind(row.updated_at.clone())
             .bind(row.version)
-            .bind(&row.data)
-            .bind(&row.id)
-            .execute(&mut *self.conn)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(Error::NotFound);
-        }
-        Ok(())
+            .bind(row.data.clone())
+            .bind(row.id.clone());
+        self.write_with_change(bind_change(query, change)).await
     }
 
-    async fn delete_doc(&mut self, table_id: i64, id: &str) -> Result<bool> {
-        let sql = format!("DELETE FROM {} WHERE id = ?", table(table_id));
-        let done = sqlx::query(AssertSqlSafe(sql))
-            .bind(id)
-            .execute(&mut *self.conn)
-            .await?;
-        Ok(done.rows_affected() > 0)
+    async fn delete_doc(&mut self, t: TableRef, id: &str, change: &NewChange<'_>) -> Result<i64> {
+        let sql = format!(
+            "DELETE FROM {} WHERE id = ?; {CHANGE_AFTER_WRITE}",
+            table(t.id)
+        );
+        let query = sqlx::query(AssertSqlSafe(sql)).bind(id.to_owned());
+        self.write_with_change(bind_change(query, change)).await
     }
 
     async fn append_change(&mut self, change: &NewChange<'_>) -> Result<i64> {
@@ -231,6 +288,10 @@ impl Tx for SqliteSession {
             .execute(&mut *self.conn)
             .await?;
         Ok(())
+    }
+
+    fn poisoned(&self) -> bool {
+        self.poisoned
     }
 
     async fn drop_index(&mut self, table_id: i64, key: &str) -> Result<()> {

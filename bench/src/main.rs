@@ -1,0 +1,426 @@
+//! `fbbench`: starts a Ferrobase server on a fresh data folder (or a fresh Postgres
+//! database), drives it with a closed-loop load of `--concurrency` clients over loopback, and
+//! prints a Markdown table: throughput, latency percentiles, and the server's own CPU time
+//! per request (read from /proc, so a load generator sharing the cores does not hide it).
+//!
+//! ```text
+//! fbbench docs --bin target/release/ferrobase --concurrency 32 --seconds 10
+//! fbbench docs --bin target/release/ferrobase --group-commit false
+//! fbbench docs --bin target/release/ferrobase --postgres postgres://postgres@127.0.0.1:5432/postgres
+//! ```
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const KEY: &str = "bench-service-key-0123456789";
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Document scenarios: create, get by id, filtered + sorted list with count.
+    Docs(DocsArgs),
+}
+
+#[derive(clap::Args, Clone)]
+struct DocsArgs {
+    /// The ferrobase binary (build with `cargo build --release`).
+    #[arg(long, default_value = "target/release/ferrobase")]
+    bin: String,
+    /// Run on Postgres: an admin URL where a scratch database may be created.
+    #[arg(long)]
+    postgres: Option<String>,
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    group_commit: bool,
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Seconds per scenario.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Documents in the collection for the get/list scenarios.
+    #[arg(long, default_value_t = 100_000)]
+    docs: usize,
+    /// Label for the table rows.
+    #[arg(long, default_value = "")]
+    label: String,
+    /// Scenarios to run (comma list of create, get, list).
+    #[arg(long, default_value = "create,get,list")]
+    scenarios: String,
+}
+
+impl DocsArgs {
+    fn wants(&self, scenario: &str) -> bool {
+        self.scenarios.split(',').any(|s| s.trim() == scenario)
+    }
+}
+
+struct Server {
+    url: String,
+    pid: u32,
+    child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+    pg: Option<(String, String)>,
+}
+
+impl Server {
+    async fn start(args: &DocsArgs) -> anyhow::Result<Server> {
+        let dir = tempfile::tempdir()?;
+        let mut cmd = tokio::process::Command::new(&args.bin);
+        cmd.args(["serve", "--http", "127.0.0.1:0", "--service-key", KEY])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("FERROBASE_LOG", "warn")
+            .env("FERROBASE_GROUP_COMMIT", args.group_commit.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut pg = None;
+        if let Some(admin) = &args.postgres {
+            let name = format!("fb_bench_{}", std::process::id());
+            psql(
+                admin,
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            )?;
+            psql(admin, &format!("CREATE DATABASE {name}"))?;
+            let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin);
+            cmd.env("FERROBASE_DATABASE_URL", format!("{base}/{name}"))
+                .env("FERROBASE_DB_MAX_CONNECTIONS", "16");
+            pg = Some((admin.clone(), name));
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", args.bin))?;
+        let pid = child.id().context("server pid")?;
+        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        let url = loop {
+            match tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await {
+                Ok(Ok(Some(line))) => {
+                    if let Some(url) = line.strip_prefix("ferrobase listening on ") {
+                        break url.to_owned();
+                    }
+                }
+                _ => bail!("the server did not start"),
+            }
+        };
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Server {
+            url,
+            pid,
+            child,
+            _dir: dir,
+            pg,
+        })
+    }
+
+    /// User + system CPU time of the server process so far.
+    fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        // Fields after the command name (which is in parentheses).
+        let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        // utime and stime are fields 14 and 15 (1-based); 12 and 13 after the name.
+        let total = ticks(11) + ticks(12);
+        Duration::from_millis(total * 1000 / clock_ticks())
+    }
+
+    /// Resident memory of the server process, in KiB.
+    fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        if let Some((admin, name)) = &self.pg {
+            let _ = psql(
+                admin,
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            );
+        }
+    }
+}
+
+fn clock_ticks() -> u64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100)
+}
+
+fn psql(url: &str, sql: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("psql")
+        .args([url, "-q", "-c", sql])
+        .stdout(Stdio::null())
+        .status()
+        .context("running psql")?;
+    anyhow::ensure!(status.success(), "psql failed: {sql}");
+    Ok(())
+}
+
+/// One measured scenario.
+struct Outcome {
+    name: String,
+    requests: u64,
+    errors: u64,
+    elapsed: Duration,
+    latencies_us: Vec<u64>,
+    cpu: Duration,
+}
+
+impl Outcome {
+    fn percentile(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let idx = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies_us[idx] as f64 / 1000.0
+    }
+
+    fn row(&self, label: &str) -> String {
+        let rps = self.requests as f64 / self.elapsed.as_secs_f64();
+        let cpu_us = self.cpu.as_secs_f64() * 1e6 / self.requests.max(1) as f64;
+        format!(
+            "| {label}{} | {:.0} | {:.2} | {:.2} | {:.0} | {} |",
+            self.name,
+            rps,
+            self.percentile(0.5),
+            self.percentile(0.99),
+            cpu_us,
+            self.errors
+        )
+    }
+}
+
+/// A 200 response whose body was read completely.
+async fn ok_body(response: reqwest::Result<reqwest::Response>) -> bool {
+    match response {
+        Ok(r) if r.status() == 200 => r.bytes().await.is_ok(),
+        _ => false,
+    }
+}
+
+/// Runs `request(i)` from `concurrency` clients for `seconds`.
+async fn run<F, Fut>(server: &Server, name: &str, args: &DocsArgs, request: F) -> Outcome
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let request = Arc::new(request);
+    let stop = Arc::new(AtomicBool::new(false));
+    let counter = Arc::new(AtomicU64::new(0));
+    let cpu_before = server.cpu();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency {
+        let request = request.clone();
+        let stop = stop.clone();
+        let counter = counter.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(100_000);
+            let mut errors = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let i = counter.fetch_add(1, Ordering::Relaxed);
+                let t = Instant::now();
+                if request(i).await {
+                    latencies.push(t.elapsed().as_micros() as u64);
+                } else {
+                    errors += 1;
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        if let Ok((l, e)) = t.await {
+            latencies.extend(l);
+            errors += e;
+        }
+    }
+    let elapsed = started.elapsed();
+    let cpu = server.cpu().saturating_sub(cpu_before);
+    latencies.sort_unstable();
+    Outcome {
+        name: name.to_owned(),
+        requests: latencies.len() as u64,
+        errors,
+        elapsed,
+        latencies_us: latencies,
+        cpu,
+    }
+}
+
+async fn docs(args: DocsArgs) -> anyhow::Result<()> {
+    let server = Server::start(&args).await?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency * 2)
+        .build()?;
+    let base = server.url.clone();
+    let idle_rss = server.rss_kib();
+    let r = client
+        .post(format!("{base}/v1/admin/collections"))
+        .bearer_auth(KEY)
+        .json(&json!({"name": "bench", "indexes": [{"fields": ["cat", "-n"]}]}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        r.status().is_success(),
+        "create collection: {}",
+        r.text().await?
+    );
+
+    let mut outcomes = Vec::new();
+    let create = {
+        let client = client.clone();
+        let base = base.clone();
+        move |i: u64| {
+            let client = client.clone();
+            let url = format!("{base}/v1/db/bench");
+            async move {
+                let body = json!({"title": format!("doc {i}"), "cat": i % 100, "n": (i * 7919) % 100_000, "done": false});
+                matches!(client.post(url).bearer_auth(KEY).json(&body).send().await, Ok(r) if r.status() == 201)
+            }
+        }
+    };
+    if args.wants("create") {
+        outcomes.push(run(&server, "create", &args, create).await);
+    }
+    let peak_rss = server.rss_kib();
+
+    // Top up to `--docs` documents for the read scenarios.
+    let count = client
+        .get(format!("{base}/v1/db/bench?limit=0&count=true"))
+        .bearer_auth(KEY)
+        .send()
+        .await?
+        .json::<Value>()
+        .await?["count"]
+        .as_u64()
+        .unwrap_or(0) as usize;
+    let mut i = count;
+    while i < args.docs {
+        let ops: Vec<Value> = (i..(i + 500).min(args.docs))
+            .map(|k| json!({"op": "create", "collection": "bench", "data": {"title": format!("seed {k}"), "cat": k % 100, "n": (k * 7919) % 100_000, "done": k % 2 == 0}}))
+            .collect();
+        let r = client
+            .post(format!("{base}/v1/db/batch"))
+            .bearer_auth(KEY)
+            .json(&json!({ "ops": ops }))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "seeding: {}", r.text().await?);
+        i += 500;
+    }
+    // Ids to read: a sample across the collection.
+    let page: Value = client
+        .post(format!("{base}/v1/db/bench/query"))
+        .bearer_auth(KEY)
+        .json(&json!({"limit": 1000, "fields": ["_id"]}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let ids: Arc<Vec<String>> = Arc::new(
+        page["items"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d["_id"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    );
+    anyhow::ensure!(!ids.is_empty(), "no ids to read");
+
+    let get = {
+        let client = client.clone();
+        let base = base.clone();
+        let ids = ids.clone();
+        move |i: u64| {
+            let client = client.clone();
+            let url = format!("{base}/v1/db/bench/{}", ids[(i as usize * 7) % ids.len()]);
+            async move { ok_body(client.get(url).bearer_auth(KEY).send().await).await }
+        }
+    };
+    if args.wants("get") {
+        outcomes.push(run(&server, "get by id", &args, get).await);
+    }
+
+    let list = {
+        let client = client.clone();
+        let base = base.clone();
+        move |i: u64| {
+            let client = client.clone();
+            let filter = format!("%7B%22cat%22%3A{}%7D", i % 100);
+            let url = format!("{base}/v1/db/bench?where={filter}&sort=-n&limit=50&count=true");
+            async move { ok_body(client.get(url).bearer_auth(KEY).send().await).await }
+        }
+    };
+    if args.wants("list") {
+        eprintln!("fbbench: list phase starts (server pid {})", server.pid);
+        outcomes.push(run(&server, "list 50 (filter+sort+count)", &args, list).await);
+    }
+
+    let backend = if args.postgres.is_some() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    println!(
+        "\n{backend}, group commit {}, {} clients, {} s per scenario, {} documents; idle RSS {} MiB, RSS after create {} MiB\n",
+        if args.group_commit { "on" } else { "off" },
+        args.concurrency,
+        args.seconds,
+        args.docs,
+        idle_rss / 1024,
+        peak_rss / 1024
+    );
+    println!("| scenario | req/s | p50 ms | p99 ms | server CPU µs/req | errors |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for o in &outcomes {
+        println!("{}", o.row(&args.label));
+    }
+    server.stop().await;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Docs(args) => docs(args).await,
+        }
+    })
+}
