@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
+use crate::auth::Auth;
 use crate::auth::service_key::ServiceKey;
 use crate::changes::Changes;
 use crate::config::Config;
@@ -24,6 +25,8 @@ pub struct App {
     pub documents: Documents,
     pub changes: Changes,
     pub service_key: ServiceKey,
+    pub auth: Arc<Auth>,
+    pub trusted_proxies: Vec<crate::http::client_ip::Cidr>,
     pub metrics: PrometheusHandle,
     pub started: Instant,
     stop: watch::Sender<bool>,
@@ -45,6 +48,16 @@ impl App {
         let service_key = ServiceKey::load(&store, config.service_key.as_ref(), &config.data_dir)
             .await
             .context("loading the service key")?;
+        let auth = Arc::new(
+            Auth::new(store.clone(), config.auth.clone())
+                .await
+                .context("loading auth keys")?,
+        );
+        let trusted_proxies = config
+            .trusted_proxies
+            .iter()
+            .filter_map(|p| crate::http::client_ip::Cidr::parse(p))
+            .collect();
         let catalog = Catalog::load(store.clone())
             .await
             .context("loading collections")?;
@@ -70,8 +83,13 @@ impl App {
             tokio::spawn(
                 changes
                     .clone()
-                    .prune_loop(config.changes.prune_interval, stop_rx),
+                    .prune_loop(config.changes.prune_interval, stop_rx.clone()),
             ),
+            tokio::spawn(prune_auth_loop(
+                store.clone(),
+                config.changes.prune_interval,
+                stop_rx,
+            )),
         ];
         Ok(Arc::new(App {
             config,
@@ -80,6 +98,8 @@ impl App {
             documents,
             changes,
             service_key,
+            auth,
+            trusted_proxies,
             metrics,
             started,
             stop,
@@ -94,5 +114,23 @@ impl App {
             task.abort();
         }
         self.store.close().await;
+    }
+}
+
+/// Deletes auth rows (ended sessions, spent tokens, old outbox mail) a week after they end.
+async fn prune_auth_loop(
+    store: Store,
+    interval: std::time::Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    const KEEP: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval.max(std::time::Duration::from_secs(60))) => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(e) = store.auth().prune_auth(&crate::util::time::ago(KEEP)).await {
+            tracing::warn!(error = %e, "pruning auth rows failed");
+        }
     }
 }

@@ -33,6 +33,9 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub changes: ChangesConfig,
     pub limits: LimitsConfig,
+    pub auth: AuthConfig,
+    /// Proxies (IPs or CIDRs) whose `X-Forwarded-For` is believed for the client address.
+    pub trusted_proxies: Vec<String>,
     /// Collections declared in the file, applied at start.
     pub collections: BTreeMap<String, CollectionDecl>,
 }
@@ -72,6 +75,184 @@ pub struct LimitsConfig {
     pub batch_body: usize,
 }
 
+/// Users, sessions and sign-in.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `iss` of access tokens.
+    pub issuer: String,
+    /// The server's public base URL: OAuth callbacks and links in mail are built on it.
+    pub public_url: String,
+    #[serde(deserialize_with = "duration")]
+    pub access_token_ttl: Duration,
+    /// A session (refresh-token family) ends this long after sign-in, whatever happens.
+    #[serde(deserialize_with = "duration")]
+    pub session_max_age: Duration,
+    /// The refresh token just spent is accepted again this long (0 disables).
+    #[serde(deserialize_with = "duration")]
+    pub refresh_reuse_grace: Duration,
+    /// How long a node trusts its cached answer to "is this session still valid?".
+    #[serde(deserialize_with = "duration")]
+    pub session_check_interval: Duration,
+    pub min_password_length: usize,
+    pub allow_signup: bool,
+    pub allow_anonymous: bool,
+    #[serde(deserialize_with = "duration")]
+    pub verify_token_ttl: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub reset_token_ttl: Duration,
+    /// Where OAuth may send users back (`redirect_to`), compared exactly.
+    pub redirect_urls: Vec<String>,
+    /// Concurrent password hashes (each takes 19 MiB and tens of milliseconds).
+    pub password_concurrency: usize,
+    pub smtp: Option<SmtpConfig>,
+    pub wechat: WeChatConfig,
+    pub oauth: BTreeMap<String, OAuthProviderConfig>,
+    pub rate_limits: RateLimitsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub host: String,
+    #[serde(default = "default_smtp_port")]
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// `Name <address>` or an address.
+    pub from: String,
+    /// `starttls` (default), `tls`, or `none` (local relays only).
+    #[serde(default = "default_smtp_tls")]
+    pub tls: String,
+}
+
+fn default_smtp_port() -> u16 {
+    587
+}
+fn default_smtp_tls() -> String {
+    "starttls".into()
+}
+
+/// WeChat mini-program login (code2session).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WeChatConfig {
+    pub app_id: Option<String>,
+    pub app_secret: Option<Secret>,
+    pub api_base: String,
+}
+
+/// An OAuth2 / OpenID Connect provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthProviderConfig {
+    /// `github`, `google`, or `oidc` (generic; the default).
+    #[serde(default)]
+    pub preset: Option<String>,
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// OpenID issuer; endpoints are discovered from it unless given below.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    #[serde(default)]
+    pub authorize_url: Option<String>,
+    #[serde(default)]
+    pub token_url: Option<String>,
+    #[serde(default)]
+    pub userinfo_url: Option<String>,
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+}
+
+/// A limit: `max` per `window` per client address (`per_ip`) and per account.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    pub per_ip: u32,
+    pub per_account: u32,
+    #[serde(deserialize_with = "duration")]
+    pub window: Duration,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            per_ip: 0,
+            per_account: 0,
+            window: Duration::from_secs(900),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitsConfig {
+    /// Failed logins count per account; all logins per address.
+    pub login: RateLimitConfig,
+    pub signup: RateLimitConfig,
+    pub anonymous: RateLimitConfig,
+    pub refresh: RateLimitConfig,
+    /// Reset and verification requests.
+    pub reset: RateLimitConfig,
+    pub wechat: RateLimitConfig,
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        let limit = |per_ip, per_account, secs| RateLimitConfig {
+            per_ip,
+            per_account,
+            window: Duration::from_secs(secs),
+        };
+        Self {
+            login: limit(100, 10, 900),
+            signup: limit(30, 0, 3600),
+            anonymous: limit(30, 0, 3600),
+            refresh: limit(600, 0, 300),
+            reset: limit(20, 5, 3600),
+            wechat: limit(120, 0, 300),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "ferrobase".into(),
+            public_url: "http://127.0.0.1:8090".into(),
+            access_token_ttl: Duration::from_secs(15 * 60),
+            session_max_age: Duration::from_secs(30 * 24 * 3600),
+            refresh_reuse_grace: Duration::from_secs(10),
+            session_check_interval: Duration::from_secs(5),
+            min_password_length: 8,
+            allow_signup: true,
+            allow_anonymous: true,
+            verify_token_ttl: Duration::from_secs(24 * 3600),
+            reset_token_ttl: Duration::from_secs(3600),
+            redirect_urls: Vec::new(),
+            password_concurrency: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            smtp: None,
+            wechat: WeChatConfig::default(),
+            oauth: BTreeMap::new(),
+            rate_limits: RateLimitsConfig::default(),
+        }
+    }
+}
+
+impl Default for WeChatConfig {
+    fn default() -> Self {
+        Self {
+            app_id: None,
+            app_secret: None,
+            api_base: "https://api.weixin.qq.com".into(),
+        }
+    }
+}
+
 /// A collection as declared in `ferrobase.toml`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -104,6 +285,8 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             changes: ChangesConfig::default(),
             limits: LimitsConfig::default(),
+            auth: AuthConfig::default(),
+            trusted_proxies: Vec::new(),
             collections: BTreeMap::new(),
         }
     }
@@ -184,6 +367,15 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("FERROBASE_SQLITE_SYNCHRONOUS", "database.synchronous"),
     ("FERROBASE_CHANGE_RETENTION", "changes.retention"),
     ("FERROBASE_CHANGE_PRUNE_INTERVAL", "changes.prune_interval"),
+    ("FERROBASE_PUBLIC_URL", "auth.public_url"),
+    ("FERROBASE_ACCESS_TOKEN_TTL", "auth.access_token_ttl"),
+    (
+        "FERROBASE_SESSION_CHECK_INTERVAL",
+        "auth.session_check_interval",
+    ),
+    ("FERROBASE_WECHAT_APP_ID", "auth.wechat.app_id"),
+    ("FERROBASE_WECHAT_APP_SECRET", "auth.wechat.app_secret"),
+    ("FERROBASE_WECHAT_API_BASE", "auth.wechat.api_base"),
 ];
 
 fn kind_of(key: &str) -> Kind {
@@ -282,6 +474,52 @@ impl Config {
         }
         if self.changes.prune_interval < Duration::from_millis(100) {
             problems.push("changes.prune_interval must be at least 100ms".to_owned());
+        }
+        if self.auth.min_password_length < 6 {
+            problems.push("auth.min_password_length must be at least 6".to_owned());
+        }
+        if self.auth.access_token_ttl < Duration::from_secs(1) {
+            problems.push("auth.access_token_ttl must be at least 1s".to_owned());
+        }
+        if url::Url::parse(&self.auth.public_url).is_err() {
+            problems.push(format!(
+                "auth.public_url `{}` is not a URL",
+                self.auth.public_url
+            ));
+        }
+        for redirect in &self.auth.redirect_urls {
+            if url::Url::parse(redirect).is_err() {
+                problems.push(format!("auth.redirect_urls: `{redirect}` is not a URL"));
+            }
+        }
+        for proxy in &self.trusted_proxies {
+            if crate::http::client_ip::Cidr::parse(proxy).is_none() {
+                problems.push(format!(
+                    "trusted_proxies: `{proxy}` is not an IP address or CIDR"
+                ));
+            }
+        }
+        for (name, provider) in &self.auth.oauth {
+            let preset = provider.preset.as_deref().unwrap_or("oidc");
+            if !matches!(preset, "oidc" | "google" | "github") {
+                problems.push(format!(
+                    "auth.oauth.{name}.preset must be oidc, google or github"
+                ));
+            }
+            let explicit = provider.authorize_url.is_some() && provider.token_url.is_some();
+            if preset == "oidc" && provider.issuer.is_none() && !explicit {
+                problems.push(format!(
+                    "auth.oauth.{name}: an OIDC provider needs `issuer` or `authorize_url` + `token_url`"
+                ));
+            }
+            if !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                problems.push(format!(
+                    "auth.oauth.{name}: provider names are letters, digits, `_`, `-`"
+                ));
+            }
         }
         if self.limits.json_body < 1024 || self.limits.batch_body < 1024 {
             problems

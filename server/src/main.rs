@@ -23,6 +23,23 @@ enum Command {
     Serve(ServeArgs),
     /// Apply database migrations and exit (they also run at start).
     Migrate(CommonArgs),
+    /// Manage console administrators.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create an administrator (prompts for the password unless --password is given).
+    Create {
+        email: String,
+        #[arg(long)]
+        password: Option<String>,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
 }
 
 #[derive(Args)]
@@ -87,6 +104,25 @@ fn main() -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("binding {addr}"))?;
                 ferrobase::serve(config, listener, shutdown_signal()).await
+            }
+            Command::Admin {
+                command:
+                    AdminCommand::Create {
+                        email,
+                        password,
+                        common,
+                    },
+            } => {
+                let config = Config::load(&overrides(common))?;
+                ferrobase::telemetry::init_logging(&config.log);
+                let password = match password {
+                    Some(p) => p,
+                    None => rpassword::prompt_password(format!("Password for {email}: "))
+                        .context("reading the password")?,
+                };
+                let id = ferrobase::auth::create_admin(&config, &email, &password).await?;
+                println!("ferrobase: created admin {email} ({id})");
+                Ok(())
             }
             Command::Migrate(args) => {
                 let config = Config::load(&overrides(args))?;

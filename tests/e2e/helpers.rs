@@ -103,6 +103,11 @@ fn run_blocking<T: Send + 'static>(
     .expect("helper thread panicked")
 }
 
+/// reqwest's TLS (unused here, but built) needs a process-wide crypto provider.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A fresh Postgres database, dropped (with its connections) when this is dropped.
 pub struct PgDatabase {
     pub name: String,
@@ -174,16 +179,43 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Pass `--service-key` (otherwise the server generates one).
     pub service_key: bool,
+    /// Prepend generous auth rate limits (tests about rate limits turn this off).
+    pub lenient_limits: bool,
 }
+
+/// Generous rate limits: many tests sign up many users from one address.
+const LENIENT_LIMITS: &str = r#"
+[auth.rate_limits.login]
+per_ip = 100000
+per_account = 100000
+[auth.rate_limits.signup]
+per_ip = 100000
+[auth.rate_limits.anonymous]
+per_ip = 100000
+[auth.rate_limits.refresh]
+per_ip = 100000
+[auth.rate_limits.reset]
+per_ip = 100000
+per_account = 100000
+[auth.rate_limits.wechat]
+per_ip = 100000
+"#;
 
 impl Options {
     pub fn new(backend: Backend) -> Self {
         Self {
             backend,
             config: None,
-            env: Vec::new(),
+            env: vec![("FERROBASE_SESSION_CHECK_INTERVAL".into(), "0s".into())],
             service_key: true,
+            lenient_limits: true,
         }
+    }
+
+    /// Keeps the default (or the test's own) rate limits.
+    pub fn strict_limits(mut self) -> Self {
+        self.lenient_limits = false;
+        self
     }
 
     pub fn config(mut self, toml: &str) -> Self {
@@ -220,6 +252,7 @@ impl TestServer {
     }
 
     async fn start_with(options: Options) -> TestServer {
+        install_crypto();
         let dir = tempfile::tempdir().expect("temp dir");
         let pg = (options.backend == Backend::Postgres).then(PgDatabase::create);
         let mut server = TestServer {
@@ -235,9 +268,14 @@ impl TestServer {
             dir,
             pg,
         };
-        if let Some(config) = &server.options.config {
-            std::fs::write(server.dir.path().join("ferrobase.toml"), config).expect("write config");
+        let mut config = String::new();
+        if server.options.lenient_limits {
+            config.push_str(LENIENT_LIMITS);
         }
+        if let Some(own) = &server.options.config {
+            config.push_str(own);
+        }
+        std::fs::write(server.dir.path().join("ferrobase.toml"), config).expect("write config");
         server.spawn().await;
         server
     }
@@ -497,4 +535,56 @@ where
 
 pub fn path_exists(p: &Path) -> bool {
     p.exists()
+}
+
+/// Serves `router` on a free loopback port in this process (stub WeChat, OAuth providers…).
+pub async fn stub_server(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind stub");
+    let addr = listener.local_addr().expect("stub addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    format!("http://{addr}")
+}
+
+/// Signs up `email` and returns the session.
+pub async fn signup(s: &TestServer, email: &str) -> Value {
+    let (status, body) = s
+        .send(
+            s.req(Method::POST, "/v1/auth/signup")
+                .json(&json!({"email": email, "password": "correct horse battery"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "signup {email}: {body}");
+    body
+}
+
+/// `Authorization: Bearer <access token of session>`.
+pub fn bearer(session: &Value) -> String {
+    format!(
+        "Bearer {}",
+        session["access_token"].as_str().expect("access token")
+    )
+}
+
+/// The newest outbox mail to `to`, and the token in it (the line after the blank line).
+pub async fn mailed_token(s: &TestServer, to: &str, subject_contains: &str) -> Option<String> {
+    let (_, mails) = s.svc_get("/v1/admin/mail").await;
+    let mail = mails
+        .as_array()?
+        .iter()
+        .find(|m| {
+            m["to"] == to
+                && m["subject"]
+                    .as_str()
+                    .is_some_and(|t| t.contains(subject_contains))
+        })?
+        .clone();
+    let text = mail["text"].as_str()?.to_owned();
+    text.lines()
+        .map(str::trim)
+        .find(|l| l.len() >= 40 && !l.contains(' '))
+        .map(str::to_owned)
 }

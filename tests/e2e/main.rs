@@ -9,6 +9,7 @@
 mod helpers;
 
 mod agreement;
+mod auth;
 mod documents;
 mod durability;
 mod queries;

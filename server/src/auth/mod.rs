@@ -1,8 +1,111 @@
-//! Who is calling. Every request resolves to a [`Principal`]; the domain decides what that
-//! principal may do (rules for users and anonymous callers, everything for admins and the
-//! service key).
+//! Users, sessions and sign-in (section 5 of the design), and who is calling: every request
+//! resolves to a [`Principal`]; the domain decides what that principal may do (rules for
+//! users and anonymous callers, everything for admins and the service key).
+//!
+//! Which error type to use where: functions here return [`Error`]; `http::error` maps each
+//! variant to one status and code. Messages never say whether an account exists, except
+//! signup's `conflict`.
 
+pub mod admin;
+pub mod keys;
+pub mod mail;
+pub mod oauth;
+pub mod password;
+pub mod ratelimit;
+mod service;
 pub mod service_key;
+pub mod tokens;
+pub mod user;
+pub mod wechat;
+
+pub use service::{Auth, RequestCtx, Session};
+pub use user::User;
+
+/// Creates a console administrator against the configured database (`ferrobase admin create`).
+pub async fn create_admin(
+    config: &crate::Config,
+    email: &str,
+    password: &str,
+) -> anyhow::Result<String> {
+    let store = crate::store::Store::open(&config.store_options()).await?;
+    let auth = Auth::new(store.clone(), config.auth.clone()).await?;
+    let result = auth.create_admin(email, password).await;
+    store.close().await;
+    result.map_err(|e| match e {
+        Error::EmailTaken => anyhow::anyhow!("an admin with this email already exists"),
+        other => anyhow::anyhow!("{other}"),
+    })
+}
+
+/// An auth failure, as the client will hear it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid email or password")]
+    InvalidCredentials,
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("the access token has expired")]
+    TokenExpired,
+    #[error("the refresh token is invalid or expired")]
+    InvalidRefreshToken,
+    /// A spent refresh token was presented again: the session is revoked.
+    #[error("the refresh token was already used; the session has been revoked")]
+    RefreshReused,
+    /// A mailed token (verification, reset) is unknown, used or expired.
+    #[error("the token is invalid or expired")]
+    InvalidToken,
+    #[error("this account is disabled")]
+    Disabled,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{message}")]
+    Validation {
+        message: String,
+        field: &'static str,
+    },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("this email address is already registered")]
+    EmailTaken,
+    #[error("too many requests; try again later")]
+    RateLimited { retry_after: std::time::Duration },
+    #[error("WeChat sign-in failed: {0}")]
+    WeChat(String),
+    #[error("OAuth sign-in failed: {0}")]
+    OAuth(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the service is unavailable")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub(crate) fn validation(field: &'static str, message: impl Into<String>) -> Self {
+        Error::Validation {
+            message: message.into(),
+            field,
+        }
+    }
+}
+
+impl From<crate::store::Error> for Error {
+    fn from(e: crate::store::Error) -> Self {
+        use crate::store::Error as S;
+        match e {
+            S::Unavailable(cause) => Error::Unavailable(cause),
+            S::Conflict { constraint } if constraint == "email" => Error::EmailTaken,
+            other => Error::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Error {
+    fn from(e: anyhow::Error) -> Self {
+        Error::Internal(format!("{e:#}"))
+    }
+}
 
 /// The caller of a request.
 #[derive(Debug, Clone, PartialEq)]
@@ -12,7 +115,7 @@ pub enum Principal {
     /// A signed-in (possibly anonymous-account) user.
     User(UserAuth),
     /// A console administrator.
-    Admin { id: String },
+    Admin { id: String, session_id: String },
     /// The service key: full access, for servers.
     Service,
 }
@@ -43,12 +146,21 @@ impl Principal {
         }
     }
 
+    /// The session behind the caller's token, if any.
+    pub fn session_id(&self) -> Option<&str> {
+        match self {
+            Principal::User(u) => Some(&u.session_id),
+            Principal::Admin { session_id, .. } => Some(session_id),
+            _ => None,
+        }
+    }
+
     /// Who a change is attributed to in the change log.
     pub fn actor(&self) -> Option<String> {
         match self {
             Principal::Anonymous => None,
             Principal::User(u) => Some(u.id.clone()),
-            Principal::Admin { id } => Some(format!("admin:{id}")),
+            Principal::Admin { id, .. } => Some(format!("admin:{id}")),
             Principal::Service => Some("service".to_owned()),
         }
     }

@@ -227,3 +227,172 @@ pub async fn list_changes(
         json!({ "items": items, "last_seq": last_seq.to_string() }),
     ))
 }
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminLoginBody {
+    pub email: String,
+    pub password: String,
+}
+
+/// POST /v1/admin/login — an admin session.
+#[utoipa::path(post, path = "/v1/admin/login", tag = "admin", request_body = AdminLoginBody,
+    responses((status = 200, description = "`{access_token, refresh_token, token_type, expires_in, admin}`", body = Object),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn admin_login(
+    State(app): State<AppState>,
+    client: super::client_ip::ClientInfo,
+    Json(body): Json<AdminLoginBody>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let ctx = crate::auth::RequestCtx {
+        ip: client.ip,
+        user_agent: client.user_agent,
+    };
+    let session = app
+        .auth
+        .admin_login(&body.email, &body.password, &ctx)
+        .await?;
+    Ok((
+        [(axum::http::header::CACHE_CONTROL, "no-store")],
+        axum::Json(session),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct UsersParams {
+    /// Users whose email or id starts with this.
+    pub search: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// 1-200, default 50.
+    pub limit: Option<u32>,
+}
+
+/// GET /v1/admin/users — list and search users.
+#[utoipa::path(get, path = "/v1/admin/users", tag = "admin", params(UsersParams),
+    responses((status = 200, description = "`{items, next_cursor}`", body = Object), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_users(
+    State(app): State<AppState>,
+    AdminAuth(_): AdminAuth,
+    QueryParams(params): QueryParams<UsersParams>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let (users, next) = app
+        .auth
+        .list_users(
+            params.search.as_deref(),
+            params.cursor.as_deref(),
+            params.limit.unwrap_or(50),
+        )
+        .await?;
+    let items: Vec<Value> = users.iter().map(|u| u.to_admin_json()).collect();
+    Ok(axum::Json(json!({ "items": items, "next_cursor": next })))
+}
+
+/// GET /v1/admin/users/{id} — one user.
+#[utoipa::path(get, path = "/v1/admin/users/{id}", tag = "admin", params(("id" = String, Path)),
+    responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_user(
+    State(app): State<AppState>,
+    AdminAuth(_): AdminAuth,
+    PathParams(id): PathParams<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    Ok(axum::Json(app.auth.get_user(&id).await?.to_admin_json()))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserAdminPatch {
+    pub role: Option<String>,
+    /// Custom claims: they appear in the access token and to rules as `auth.claims`.
+    #[schema(value_type = Option<Object>)]
+    pub claims: Option<Value>,
+    /// Disabled users cannot sign in or refresh; their sessions end.
+    pub disabled: Option<bool>,
+    pub email_verified: Option<bool>,
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<Value>,
+}
+
+/// PATCH /v1/admin/users/{id} — set role, claims, disabled, email_verified or data.
+#[utoipa::path(patch, path = "/v1/admin/users/{id}", tag = "admin", params(("id" = String, Path)),
+    request_body = UserAdminPatch,
+    responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update_user(
+    State(app): State<AppState>,
+    AdminAuth(_): AdminAuth,
+    PathParams(id): PathParams<String>,
+    Json(body): Json<UserAdminPatch>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let patch = crate::auth::admin::UserPatch {
+        role: body.role,
+        claims: body.claims,
+        disabled: body.disabled,
+        email_verified: body.email_verified,
+        data: body.data,
+    };
+    Ok(axum::Json(
+        app.auth.patch_user(&id, patch).await?.to_admin_json(),
+    ))
+}
+
+/// DELETE /v1/admin/users/{id} — delete a user, their sessions and identities.
+#[utoipa::path(delete, path = "/v1/admin/users/{id}", tag = "admin", params(("id" = String, Path)),
+    responses((status = 204, description = "deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete_user(
+    State(app): State<AppState>,
+    AdminAuth(_): AdminAuth,
+    PathParams(id): PathParams<String>,
+) -> Result<StatusCode, ApiError> {
+    app.auth.delete_user(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// POST /v1/admin/users/{id}/revoke-sessions — end every session of a user.
+#[utoipa::path(post, path = "/v1/admin/users/{id}/revoke-sessions", tag = "admin", params(("id" = String, Path)),
+    responses((status = 200, description = "`{revoked: n}`", body = Object), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn revoke_user_sessions(
+    State(app): State<AppState>,
+    AdminAuth(_): AdminAuth,
+    PathParams(id): PathParams<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    app.auth.get_user(&id).await?;
+    let revoked = app.auth.revoke_sessions(&id).await?;
+    Ok(axum::Json(json!({ "revoked": revoked })))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct MailParams {
+    /// 1-500, default 100.
+    pub limit: Option<u32>,
+}
+
+/// GET /v1/admin/mail — the outbox (mail not sent through SMTP), newest first.
+#[utoipa::path(get, path = "/v1/admin/mail", tag = "admin", params(MailParams),
+    responses((status = 200, description = "`[{to, subject, text, created_at}]`", body = Vec<Object>),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_mail(
+    State(app): State<AppState>,
+    AdminAuth(_): AdminAuth,
+    QueryParams(params): QueryParams<MailParams>,
+) -> Result<axum::Json<Value>, ApiError> {
+    Ok(axum::Json(Value::Array(
+        app.auth.outbox(params.limit.unwrap_or(100)).await?,
+    )))
+}

@@ -179,6 +179,47 @@ impl From<documents::Error> for ApiError {
     }
 }
 
+impl From<crate::auth::Error> for ApiError {
+    fn from(e: crate::auth::Error) -> Self {
+        use crate::auth::Error as E;
+        let message = e.to_string();
+        match e {
+            E::InvalidCredentials => {
+                Self::new(StatusCode::UNAUTHORIZED, "invalid_credentials", message)
+            }
+            E::Unauthenticated(m) => Self::unauthenticated(m),
+            E::TokenExpired => Self::new(StatusCode::UNAUTHORIZED, "token_expired", message),
+            E::InvalidRefreshToken => {
+                Self::new(StatusCode::UNAUTHORIZED, "invalid_refresh_token", message)
+            }
+            E::RefreshReused => Self::new(
+                StatusCode::UNAUTHORIZED,
+                "refresh_token_already_used",
+                message,
+            ),
+            E::InvalidToken => Self::new(StatusCode::BAD_REQUEST, "invalid_token", message),
+            E::Disabled => Self::new(StatusCode::FORBIDDEN, "account_disabled", message),
+            E::Forbidden(m) => Self::forbidden(m),
+            E::Validation { message, field } => {
+                Self::new(StatusCode::BAD_REQUEST, "validation_failed", message)
+                    .with_details(json!({ "field": field }))
+            }
+            E::BadRequest(m) => Self::bad_request(m),
+            E::EmailTaken => Self::new(StatusCode::CONFLICT, "conflict", message)
+                .with_details(json!({ "fields": ["email"] })),
+            E::RateLimited { retry_after } => ApiError {
+                retry_after: Some(retry_after.as_secs().max(1)),
+                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+            },
+            E::WeChat(_) => Self::new(StatusCode::UNAUTHORIZED, "wechat_login_failed", message),
+            E::OAuth(_) => Self::new(StatusCode::BAD_REQUEST, "oauth_failed", message),
+            E::NotFound(m) => Self::not_found(m),
+            E::Unavailable(cause) => Self::unavailable(cause),
+            E::Internal(cause) => Self::internal(cause),
+        }
+    }
+}
+
 impl From<crate::store::Error> for ApiError {
     fn from(e: crate::store::Error) -> Self {
         documents::Error::from(e).into()

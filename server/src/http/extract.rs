@@ -120,7 +120,7 @@ impl FromRequestParts<AppState> for Auth {
         parts: &mut Parts,
         app: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        principal(&parts.headers, app).map(Auth)
+        principal(&parts.headers, app).await.map(Auth)
     }
 }
 
@@ -134,7 +134,7 @@ impl FromRequestParts<AppState> for AdminAuth {
         parts: &mut Parts,
         app: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        match principal(&parts.headers, app)? {
+        match principal(&parts.headers, app).await? {
             p if p.is_privileged() => Ok(AdminAuth(p)),
             Principal::Anonymous => Err(ApiError::unauthenticated(
                 "the admin API needs an admin token or the service key",
@@ -146,7 +146,7 @@ impl FromRequestParts<AppState> for AdminAuth {
     }
 }
 
-fn principal(headers: &HeaderMap, app: &AppState) -> Result<Principal, ApiError> {
+async fn principal(headers: &HeaderMap, app: &AppState) -> Result<Principal, ApiError> {
     if let Some(key) = headers.get("x-ferrobase-key") {
         let key = key.to_str().unwrap_or("");
         return if app.service_key.matches(key) {
@@ -169,8 +169,16 @@ fn principal(headers: &HeaderMap, app: &AppState) -> Result<Principal, ApiError>
             ));
         }
     };
-    if app.service_key.matches(token) {
-        return Ok(Principal::Service);
+    if token.is_empty() {
+        return Err(ApiError::unauthenticated("the bearer token is empty"));
     }
-    Err(ApiError::unauthenticated("invalid or expired token"))
+    // A JWT has three dot-separated parts; anything else can only be the service key.
+    if token.bytes().filter(|b| *b == b'.').count() != 2 {
+        return if app.service_key.matches(token) {
+            Ok(Principal::Service)
+        } else {
+            Err(ApiError::unauthenticated("invalid token"))
+        };
+    }
+    Ok(app.auth.authenticate(token).await?)
 }

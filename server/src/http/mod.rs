@@ -2,6 +2,8 @@
 //! middleware and the error envelope. The only module that knows axum.
 
 pub mod admin;
+pub mod auth;
+pub mod client_ip;
 pub mod documents;
 pub mod error;
 pub mod extract;
@@ -31,6 +33,7 @@ use error::ApiError;
     components(schemas(error::ErrorBody, error::ErrorDetail)),
     tags(
         (name = "system", description = "health, readiness, metrics"),
+        (name = "auth", description = "users, sessions and sign-in"),
         (name = "documents", description = "the JSON document database"),
         (name = "admin", description = "administration (admins and the service key)"),
     )
@@ -81,6 +84,30 @@ pub fn api(app: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
             admin::update_collection,
             admin::delete_collection
         ))
+        .routes(routes!(auth::signup))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::anonymous))
+        .routes(routes!(auth::refresh))
+        .routes(routes!(auth::logout))
+        .routes(routes!(auth::get_user, auth::update_user))
+        .routes(routes!(auth::link))
+        .routes(routes!(auth::verify_request))
+        .routes(routes!(auth::verify))
+        .routes(routes!(auth::reset_request))
+        .routes(routes!(auth::reset))
+        .routes(routes!(auth::wechat))
+        .routes(routes!(auth::oauth_start))
+        .routes(routes!(auth::oauth_callback))
+        .routes(routes!(auth::jwks))
+        .routes(routes!(admin::admin_login))
+        .routes(routes!(admin::list_users))
+        .routes(routes!(
+            admin::get_user,
+            admin::update_user,
+            admin::delete_user
+        ))
+        .routes(routes!(admin::revoke_user_sessions))
+        .routes(routes!(admin::list_mail))
         .routes(routes!(admin::explain_query))
         .routes(routes!(admin::list_changes))
         .layer(DefaultBodyLimit::max(limits.json_body))

@@ -9,6 +9,7 @@
 //! the logger and tells callers only what they can act on (`NotFound`, `Conflict`,
 //! `Unavailable`). Driver text never leaves this module in a form that reaches a client.
 
+pub mod auth;
 mod postgres;
 pub mod query;
 mod sqlite;
@@ -260,6 +261,9 @@ pub trait Tx: Send {
     /// True when a failed statement left the transaction unusable (Postgres aborts a
     /// transaction on any error; SQLite only if a later statement of a write failed).
     fn poisoned(&self) -> bool;
+
+    /// The auth tables, in this transaction.
+    fn auth(&mut self) -> &mut dyn auth::AuthTx;
 }
 
 /// The read side of a backend, plus the few things the writer and the bus need.
@@ -288,6 +292,8 @@ pub(crate) trait Backend: Send + Sync {
     async fn write_session(&self) -> Result<Box<dyn writer::WriteSession>>;
     /// Tells other nodes the catalog changed (Postgres `NOTIFY`; nothing on SQLite).
     async fn notify_catalog(&self) -> Result<()>;
+    /// The auth tables, on the reader pool.
+    fn auth(&self) -> &dyn auth::AuthRead;
     /// Starts forwarding other nodes' commits and catalog changes (Postgres `LISTEN`).
     async fn listen(&self, events: RemoteEvents) -> Result<()>;
     fn pool_stats(&self) -> Vec<PoolStat>;
@@ -452,6 +458,11 @@ impl Store {
     pub async fn notify_catalog(&self) -> Result<()> {
         self.backend.notify_catalog().await
     }
+    /// Auth reads.
+    pub fn auth(&self) -> &dyn auth::AuthRead {
+        self.backend.auth()
+    }
+
     pub fn pool_stats(&self) -> Vec<PoolStat> {
         self.backend.pool_stats()
     }

@@ -26,6 +26,12 @@ pub fn ago(age: std::time::Duration) -> String {
     format(OffsetDateTime::now_utc() - age)
 }
 
+/// The canonical timestamp text of `now + age`.
+pub fn later(age: std::time::Duration) -> String {
+    let age = time::Duration::try_from(age).unwrap_or(time::Duration::ZERO);
+    format(OffsetDateTime::now_utc() + age)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -1,6 +1,7 @@
 //! Postgres backend: a reader pool, a one-connection writer pool for the group-commit
 //! writer, and a `LISTEN` connection that hears other nodes' commits and catalog changes.
 
+mod auth;
 mod dialect;
 mod tx;
 
@@ -254,6 +255,10 @@ impl Backend for PgBackend {
     async fn write_session(&self) -> Result<Box<dyn WriteSession>> {
         let conn = self.write.acquire().await?;
         Ok(Box::new(tx::PgSession::new(conn)))
+    }
+
+    fn auth(&self) -> &dyn crate::store::auth::AuthRead {
+        self
     }
 
     async fn notify_catalog(&self) -> Result<()> {

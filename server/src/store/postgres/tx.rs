@@ -61,6 +61,11 @@ pub(crate) struct PgSession {
 }
 
 impl PgSession {
+    /// The connection, for the auth statements (`auth.rs`).
+    pub(crate) fn conn(&mut self) -> &mut sqlx::PgConnection {
+        &mut self.conn
+    }
+
     pub(crate) fn new(conn: PoolConnection<Postgres>) -> Self {
         Self {
             conn,
@@ -387,6 +392,10 @@ impl Tx for PgSession {
 
     fn poisoned(&self) -> bool {
         self.poisoned
+    }
+
+    fn auth(&mut self) -> &mut dyn crate::store::auth::AuthTx {
+        self
     }
 
     async fn drop_index(&mut self, table_id: i64, key: &str) -> Result<()> {

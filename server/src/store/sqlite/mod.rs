@@ -1,6 +1,7 @@
 //! SQLite backend: one database file in WAL mode, a single writer connection (used by the
 //! group-commit writer) and a pool of `query_only` reader connections.
 
+mod auth;
 mod dialect;
 mod tx;
 
@@ -304,6 +305,10 @@ impl Backend for SqliteBackend {
 
     async fn notify_catalog(&self) -> Result<()> {
         Ok(())
+    }
+
+    fn auth(&self) -> &dyn crate::store::auth::AuthRead {
+        self
     }
 
     async fn listen(&self, _events: RemoteEvents) -> Result<()> {

@@ -42,6 +42,11 @@ pub(crate) struct SqliteSession {
 }
 
 impl SqliteSession {
+    /// The connection, for the auth statements (`auth.rs`).
+    pub(crate) fn conn(&mut self) -> &mut sqlx::SqliteConnection {
+        &mut self.conn
+    }
+
     pub(crate) fn new(conn: PoolConnection<Sqlite>) -> Self {
         Self {
             conn,
@@ -292,6 +297,10 @@ impl Tx for SqliteSession {
 
     fn poisoned(&self) -> bool {
         self.poisoned
+    }
+
+    fn auth(&mut self) -> &mut dyn crate::store::auth::AuthTx {
+        self
     }
 
     async fn drop_index(&mut self, table_id: i64, key: &str) -> Result<()> {
