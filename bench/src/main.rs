@@ -31,6 +31,10 @@ struct Cli {
 enum Command {
     /// Document scenarios: create, get by id, filtered + sorted list with count.
     Docs(DocsArgs),
+    /// Auth: login throughput, and an authenticated GET's latency idle vs during a login flood.
+    Auth(DocsArgs),
+    /// Access-token verification cost in-process (uncached vs cached), no server.
+    Tokens,
 }
 
 #[derive(clap::Args, Clone)]
@@ -57,6 +61,9 @@ struct DocsArgs {
     /// Scenarios to run (comma list of create, get, list).
     #[arg(long, default_value = "create,get,list")]
     scenarios: String,
+    /// Extra `ferrobase.toml` contents for the server.
+    #[arg(long, default_value = "")]
+    config: String,
 }
 
 impl DocsArgs {
@@ -77,7 +84,14 @@ impl Server {
     async fn start(args: &DocsArgs) -> anyhow::Result<Server> {
         let dir = tempfile::tempdir()?;
         let mut cmd = tokio::process::Command::new(&args.bin);
-        cmd.args(["serve", "--http", "127.0.0.1:0", "--service-key", KEY])
+        if !args.config.is_empty() {
+            let path = dir.path().join("ferrobase.toml");
+            std::fs::write(&path, &args.config)?;
+            cmd.arg("serve").arg("--config").arg(&path);
+        } else {
+            cmd.arg("serve");
+        }
+        cmd.args(["--http", "127.0.0.1:0", "--service-key", KEY])
             .arg("--data-dir")
             .arg(dir.path())
             .env("FERROBASE_LOG", "warn")
@@ -413,6 +427,183 @@ async fn docs(args: DocsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// GET /v1/auth/user with a token, from `clients` clients, until `stop`.
+async fn user_gets(
+    client: reqwest::Client,
+    url: String,
+    token: String,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<u64> {
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (client, url, token, stop) = (client.clone(), url.clone(), token.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                if ok_body(client.get(&url).bearer_auth(&token).send().await).await {
+                    latencies.push(t.elapsed().as_micros() as u64);
+                }
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap_or_default());
+    }
+    all.sort_unstable();
+    all
+}
+
+fn pct(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0
+}
+
+async fn auth(mut args: DocsArgs) -> anyhow::Result<()> {
+    // Measure hashing, not the brute-force limit.
+    args.config
+        .push_str("\n[auth.rate_limits.login]\nper_ip = 100000000\nper_account = 100000000\n");
+    let server = Server::start(&args).await?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()?;
+    let base = server.url.clone();
+    let signup: Value = client
+        .post(format!("{base}/v1/auth/signup"))
+        .json(&json!({"email": "bench@example.com", "password": "correct horse battery"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let token = signup["access_token"]
+        .as_str()
+        .context("signup")?
+        .to_owned();
+    let user_url = format!("{base}/v1/auth/user");
+    let seconds = Duration::from_secs(args.seconds);
+
+    // Idle: 4 clients reading the current user.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = tokio::spawn(user_gets(
+        client.clone(),
+        user_url.clone(),
+        token.clone(),
+        4,
+        stop.clone(),
+    ));
+    tokio::time::sleep(seconds).await;
+    stop.store(true, Ordering::Relaxed);
+    let idle = reader.await?;
+
+    // Flood: `concurrency` clients logging in, while the 4 readers go on.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = tokio::spawn(user_gets(
+        client.clone(),
+        user_url.clone(),
+        token.clone(),
+        4,
+        stop.clone(),
+    ));
+    let logins = {
+        let client = client.clone();
+        let url = format!("{base}/v1/auth/login");
+        move |_: u64| {
+            let client = client.clone();
+            let url = url.clone();
+            async move {
+                let body =
+                    json!({"email": "bench@example.com", "password": "correct horse battery"});
+                matches!(client.post(url).json(&body).send().await, Ok(r) if r.status() == 200)
+            }
+        }
+    };
+    let rss_before = server.rss_kib();
+    let flood = run(&server, "login", &args, logins).await;
+    let rss_after = server.rss_kib();
+    stop.store(true, Ordering::Relaxed);
+    let during = reader.await?;
+
+    let backend = if args.postgres.is_some() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    println!(
+        "\n{backend}: login flood of {} clients for {} s; RSS {} -> {} MiB\n",
+        args.concurrency,
+        args.seconds,
+        rss_before / 1024,
+        rss_after / 1024
+    );
+    println!("| scenario | req/s | p50 ms | p99 ms | server CPU µs/req | errors |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    println!("{}", flood.row(""));
+    let rate = |v: &[u64]| v.len() as f64 / args.seconds as f64;
+    println!(
+        "| GET /v1/auth/user, idle (4 clients) | {:.0} | {:.2} | {:.2} | | |",
+        rate(&idle),
+        pct(&idle, 0.5),
+        pct(&idle, 0.99)
+    );
+    println!(
+        "| GET /v1/auth/user, during the flood | {:.0} | {:.2} | {:.2} | | |",
+        rate(&during),
+        pct(&during, 0.5),
+        pct(&during, 0.99)
+    );
+    server.stop().await;
+    Ok(())
+}
+
+/// Verifies access tokens in-process: the first check of a token, then repeated checks.
+fn tokens() -> anyhow::Result<()> {
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    let signing = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
+    let public = signing.verifying_key().to_bytes();
+    let keys = std::sync::Arc::new(ferrobase::auth::keys::Keys {
+        encoding: jsonwebtoken::EncodingKey::from_ed_der(signing.to_pkcs8_der()?.as_bytes()),
+        decoding: jsonwebtoken::DecodingKey::from_ed_der(&public),
+        kid: "bench".into(),
+        public_x: String::new(),
+        refresh_secret: [0; 32],
+    });
+    let tokens =
+        ferrobase::auth::tokens::Tokens::new(keys, "ferrobase".into(), Duration::from_secs(900));
+    let n = 20_000;
+    let issued: Vec<String> = (0..n)
+        .map(|i| {
+            tokens.issue(
+                &format!("user{i}"),
+                &format!("sid{i}"),
+                "user",
+                false,
+                false,
+                Default::default(),
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    let t = Instant::now();
+    for token in &issued {
+        tokens.verify(token).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    }
+    let first = t.elapsed().as_nanos() as f64 / n as f64 / 1000.0;
+    let t = Instant::now();
+    for _ in 0..5 {
+        for token in &issued {
+            tokens.verify(token).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        }
+    }
+    let cached = t.elapsed().as_nanos() as f64 / (5 * n) as f64 / 1000.0;
+    println!("| access token, first verification (EdDSA) | {first:.1} µs |");
+    println!("| access token, cached | {cached:.2} µs |");
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     // When built with the server in one workspace, reqwest's rustls wants a provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -423,6 +614,8 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Docs(args) => docs(args).await,
+            Command::Auth(args) => auth(args).await,
+            Command::Tokens => tokens(),
         }
     })
 }

@@ -39,7 +39,13 @@ pub type AppState = Arc<App>;
 impl App {
     /// Opens the store, loads the catalog, applies declared collections and starts the
     /// background tasks.
-    pub async fn build(config: Config) -> anyhow::Result<AppState> {
+    pub async fn build(
+        mut config: Config,
+        listen: std::net::SocketAddr,
+    ) -> anyhow::Result<AppState> {
+        if config.auth.public_url.is_empty() {
+            config.auth.public_url = format!("http://{listen}");
+        }
         let started = Instant::now();
         let metrics = crate::telemetry::metrics();
         let store = Store::open(&config.store_options())

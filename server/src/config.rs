@@ -81,7 +81,8 @@ pub struct LimitsConfig {
 pub struct AuthConfig {
     /// `iss` of access tokens.
     pub issuer: String,
-    /// The server's public base URL: OAuth callbacks and links in mail are built on it.
+    /// The server's public base URL: OAuth callbacks are built on it. Empty: the address
+    /// the server listens on (`http://127.0.0.1:8090`).
     pub public_url: String,
     #[serde(deserialize_with = "duration")]
     pub access_token_ttl: Duration,
@@ -103,7 +104,8 @@ pub struct AuthConfig {
     pub reset_token_ttl: Duration,
     /// Where OAuth may send users back (`redirect_to`), compared exactly.
     pub redirect_urls: Vec<String>,
-    /// Concurrent password hashes (each takes 19 MiB and tens of milliseconds).
+    /// Password-hashing threads (each holds 19 MiB; a hash takes ~40 ms of a core). Default:
+    /// half the cores.
     pub password_concurrency: usize,
     pub smtp: Option<SmtpConfig>,
     pub wechat: WeChatConfig,
@@ -221,7 +223,7 @@ impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             issuer: "ferrobase".into(),
-            public_url: "http://127.0.0.1:8090".into(),
+            public_url: String::new(),
             access_token_ttl: Duration::from_secs(15 * 60),
             session_max_age: Duration::from_secs(30 * 24 * 3600),
             refresh_reuse_grace: Duration::from_secs(10),
@@ -481,7 +483,7 @@ impl Config {
         if self.auth.access_token_ttl < Duration::from_secs(1) {
             problems.push("auth.access_token_ttl must be at least 1s".to_owned());
         }
-        if url::Url::parse(&self.auth.public_url).is_err() {
+        if !self.auth.public_url.is_empty() && url::Url::parse(&self.auth.public_url).is_err() {
             problems.push(format!(
                 "auth.public_url `{}` is not a URL",
                 self.auth.public_url

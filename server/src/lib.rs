@@ -28,11 +28,11 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let app = app::App::build(config).await?;
-    let router = http::router(app.clone());
     let addr = listener
         .local_addr()
         .context("reading the listen address")?;
+    let app = app::App::build(config, addr).await?;
+    let router = http::router(app.clone());
     tracing::info!(%addr, backend = app.store.kind().name(), "ferrobase started");
     // One machine-readable line on stdout: operators and the test harness read it.
     println!("ferrobase listening on http://{addr}");

@@ -10,6 +10,8 @@ mod helpers;
 
 mod agreement;
 mod auth;
+mod auth_hostile;
+mod auth_providers;
 mod documents;
 mod durability;
 mod queries;

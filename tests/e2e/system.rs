@@ -104,6 +104,29 @@ const ROUTES: &[&str] = &[
     "DELETE /v1/admin/collections/{name}",
     "POST /v1/admin/collections/{name}/explain",
     "GET /v1/admin/changes",
+    "POST /v1/auth/signup",
+    "POST /v1/auth/login",
+    "POST /v1/auth/anonymous",
+    "POST /v1/auth/refresh",
+    "POST /v1/auth/logout",
+    "GET /v1/auth/user",
+    "PATCH /v1/auth/user",
+    "POST /v1/auth/link",
+    "POST /v1/auth/verify/request",
+    "POST /v1/auth/verify",
+    "POST /v1/auth/reset/request",
+    "POST /v1/auth/reset",
+    "POST /v1/auth/wechat",
+    "GET /v1/auth/oauth/{provider}",
+    "GET /v1/auth/oauth/{provider}/callback",
+    "GET /.well-known/jwks.json",
+    "POST /v1/admin/login",
+    "GET /v1/admin/users",
+    "GET /v1/admin/users/{id}",
+    "PATCH /v1/admin/users/{id}",
+    "DELETE /v1/admin/users/{id}",
+    "POST /v1/admin/users/{id}/revoke-sessions",
+    "GET /v1/admin/mail",
 ];
 
 #[tokio::test]
@@ -135,6 +158,7 @@ async fn the_openapi_document_lists_every_route() {
         let path = path
             .replace("{collection}", "nope")
             .replace("{name}", "nope")
+            .replace("{provider}", "nope")
             .replace("{id}", "x1");
         let (status, body) = s
             .send(s.svc(method.parse().unwrap(), &path).json(&json!({})))
