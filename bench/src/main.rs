@@ -35,6 +35,10 @@ enum Command {
     Auth(DocsArgs),
     /// Access-token verification cost in-process (uncached vs cached), no server.
     Tokens,
+    /// Lists under an owner-only rule vs the same lists with no rule, on `--docs` documents.
+    Rules(DocsArgs),
+    /// Rule evaluation cost in-process, no server.
+    RuleEval,
 }
 
 #[derive(clap::Args, Clone)]
@@ -604,6 +608,283 @@ fn tokens() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Median nanoseconds per call of `f`, over `rounds` rounds of `n` calls.
+fn median_ns(rounds: usize, n: usize, mut f: impl FnMut() -> bool) -> f64 {
+    let mut samples = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let mut allowed = 0usize;
+        for _ in 0..n {
+            allowed += usize::from(std::hint::black_box(f()));
+        }
+        std::hint::black_box(allowed);
+        samples.push(t.elapsed().as_nanos() as f64 / n as f64);
+    }
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+/// What one rule check costs in the server: building `auth`/`request`, converting the
+/// document(s) to CEL values, evaluating; and instantiating a `list` rule's filter.
+fn rule_eval() -> anyhow::Result<()> {
+    use ferrobase::auth::{Caller, Principal, UserAuth};
+    use ferrobase::documents::document::Document;
+    use ferrobase::rules::{Rule, Scope, Vars};
+    let caller = Caller {
+        principal: Principal::User(UserAuth {
+            id: "01m7yfrr5jakze143mme".into(),
+            session_id: "s".into(),
+            role: "user".into(),
+            anonymous: false,
+            email: Some("ada@example.com".into()),
+            email_verified: true,
+            claims: Default::default(),
+        }),
+        ip: Some([127, 0, 0, 1].into()),
+        method: "GET",
+    };
+    let data = json!({
+        "title": "buy milk and eggs", "done": false, "score": 42, "tags": ["home", "shopping"],
+        "notes": "a paragraph of text ".repeat(10), "due": "2026-12-01", "priority": 2,
+        "assignee": {"name": "Ada", "email": "ada@example.com"}, "public": false, "slug": "milk",
+    });
+    let doc = Document {
+        id: "01m7yfrr5jakze143mmf".into(),
+        owner: Some("01m7yfrr5jakze143mme".into()),
+        created_at: "2026-11-21T00:00:00.000Z".into(),
+        updated_at: "2026-11-21T00:00:00.000Z".into(),
+        version: 3,
+        data: data.as_object().cloned().unwrap_or_default(),
+    };
+    let owner = Rule::compile("auth != null && doc._owner == auth.id", Scope::Document)?;
+    let update = Rule::compile(
+        "auth != null && doc._owner == auth.id && new.title.size() <= 200 && new.slug == doc.slug",
+        Scope::Document,
+    )?;
+    let list = Rule::compile_list("auth != null && doc._owner == auth.id")?;
+    let (rounds, n) = (15, 20_000);
+    let get = median_ns(rounds, n, || {
+        let vars = Vars {
+            doc: Some(owner.doc_value(&doc)),
+            ..Vars::for_caller(&caller)
+        };
+        owner.evaluate(&vars).allow
+    });
+    let write = median_ns(rounds, n, || {
+        let vars = Vars {
+            doc: Some(update.doc_value(&doc)),
+            new: Some(update.new_value(&doc)),
+            ..Vars::for_caller(&caller)
+        };
+        update.evaluate(&vars).allow
+    });
+    let filter = median_ns(rounds, n, || {
+        !matches!(
+            list.filter(&Vars::for_caller(&caller)),
+            ferrobase::query::Filter::False
+        )
+    });
+    let vars_only = median_ns(rounds, n, || Vars::for_caller(&caller).auth.is_object());
+    println!("| rule check (median of {rounds} × {n}) | µs per check |");
+    println!("|---|---:|");
+    println!(
+        "| `auth`/`request` variables alone | {:.2} |",
+        vars_only / 1000.0
+    );
+    println!(
+        "| `get`, owner rule, 10-field document | {:.2} |",
+        get / 1000.0
+    );
+    println!(
+        "| `update`, owner + 2 field checks, `doc` and `new` | {:.2} |",
+        write / 1000.0
+    );
+    println!("| `list`, owner rule → filter | {:.2} |", filter / 1000.0);
+    Ok(())
+}
+
+/// Owner-only rule vs no rule: every client is one of 32 users owning 1/1000 of the
+/// documents each (the other documents belong to 968 other owners).
+async fn rules(mut args: DocsArgs) -> anyhow::Result<()> {
+    args.config
+        .push_str("\n[auth.rate_limits.signup]\nper_ip = 100000000\n");
+    let server = Server::start(&args).await?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency * 2)
+        .build()?;
+    let base = server.url.clone();
+    let owner = "auth != null && doc._owner == auth.id";
+    let r = client
+        .post(format!("{base}/v1/admin/collections"))
+        .bearer_auth(KEY)
+        .json(&json!({"name": "notes", "rules": {"list": owner, "get": owner}}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        r.status().is_success(),
+        "create collection: {}",
+        r.text().await?
+    );
+    let mut users = Vec::new();
+    for i in 0..32 {
+        let session: Value = client
+            .post(format!("{base}/v1/auth/signup"))
+            .json(
+                &json!({"email": format!("u{i}@example.com"), "password": "correct horse battery"}),
+            )
+            .send()
+            .await?
+            .json()
+            .await?;
+        let id = session["user"]["id"].as_str().context("signup")?.to_owned();
+        let token = session["access_token"]
+            .as_str()
+            .context("signup")?
+            .to_owned();
+        users.push((id, token));
+    }
+    let owners: Vec<String> = (0..1000)
+        .map(|k| {
+            users
+                .get(k)
+                .map(|u| u.0.clone())
+                .unwrap_or_else(|| format!("other{k}"))
+        })
+        .collect();
+    let mut i = 0;
+    while i < args.docs {
+        let ops: Vec<Value> = (i..(i + 500).min(args.docs))
+            .map(|k| json!({"op": "create", "collection": "notes", "data": {
+                "_owner": owners[(k * 7919) % owners.len()], "title": format!("note {k}"), "n": k % 977}}))
+            .collect();
+        let r = client
+            .post(format!("{base}/v1/db/batch"))
+            .bearer_auth(KEY)
+            .json(&json!({ "ops": ops }))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "seeding: {}", r.text().await?);
+        i += 500;
+    }
+    let plan: Value = client
+        .post(format!("{base}/v1/admin/collections/notes/explain"))
+        .bearer_auth(KEY)
+        .json(&json!({"sort": "-_created_at", "limit": 50, "auth": {"id": users[0].0}}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let users = Arc::new(users);
+    let path = "/v1/db/notes?limit=50&sort=-_created_at&count=true";
+    let as_user = {
+        let (client, base, users) = (client.clone(), base.clone(), users.clone());
+        move |i: u64| {
+            let client = client.clone();
+            let (_, token) = &users[i as usize % users.len()];
+            let request = client.get(format!("{base}{path}")).bearer_auth(token);
+            async move { ok_body(request.send().await).await }
+        }
+    };
+    let as_service = {
+        let (client, base, users) = (client.clone(), base.clone(), users.clone());
+        move |i: u64| {
+            let client = client.clone();
+            let (id, _) = &users[i as usize % users.len()];
+            let filter = format!("%7B%22_owner%22%3A%22{id}%22%7D");
+            let request = client
+                .get(format!("{base}{path}&where={filter}"))
+                .bearer_auth(KEY);
+            async move { ok_body(request.send().await).await }
+        }
+    };
+    let everything = {
+        let (client, base) = (client.clone(), base.clone());
+        move |_: u64| {
+            let client = client.clone();
+            let request = client.get(format!("{base}{path}")).bearer_auth(KEY);
+            async move { ok_body(request.send().await).await }
+        }
+    };
+    let mut outcomes = vec![
+        run(
+            &server,
+            "list 50 + count, owner rule (user token)",
+            &args,
+            as_user,
+        )
+        .await,
+        run(
+            &server,
+            "list 50 + count, no rule, `where _owner` (service key)",
+            &args,
+            as_service,
+        )
+        .await,
+    ];
+    // The same query by the same users under the rule `true`: what authentication costs,
+    // apart from the rule.
+    let r = client
+        .patch(format!("{base}/v1/admin/collections/notes"))
+        .bearer_auth(KEY)
+        .json(&json!({"rules": {"list": "true"}}))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status().is_success(), "patch rule: {}", r.text().await?);
+    let open = {
+        let (client, base, users) = (client.clone(), base.clone(), users.clone());
+        move |i: u64| {
+            let client = client.clone();
+            let (id, token) = &users[i as usize % users.len()];
+            let filter = format!("%7B%22_owner%22%3A%22{id}%22%7D");
+            let request = client
+                .get(format!("{base}{path}&where={filter}"))
+                .bearer_auth(token);
+            async move { ok_body(request.send().await).await }
+        }
+    };
+    outcomes.push(
+        run(
+            &server,
+            "list 50 + count, rule `true`, `where _owner` (user token)",
+            &args,
+            open,
+        )
+        .await,
+    );
+    outcomes.push(
+        run(
+            &server,
+            "list 50 + count, no rule, no filter (service key)",
+            &args,
+            everything,
+        )
+        .await,
+    );
+    let backend = if args.postgres.is_some() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    println!(
+        "\n{backend}, {} clients, {} s per scenario, {} documents, {} per user\n",
+        args.concurrency,
+        args.seconds,
+        args.docs,
+        args.docs / 1000
+    );
+    println!("| scenario | req/s | p50 ms | p99 ms | server CPU µs/req | errors |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for o in &outcomes {
+        println!("{}", o.row(&args.label));
+    }
+    println!(
+        "\nplan of the owner-rule list:\n```\n{}```",
+        plan["plan"].as_str().unwrap_or("")
+    );
+    server.stop().await;
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     // When built with the server in one workspace, reqwest's rustls wants a provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -616,6 +897,8 @@ fn main() -> anyhow::Result<()> {
             Command::Docs(args) => docs(args).await,
             Command::Auth(args) => auth(args).await,
             Command::Tokens => tokens(),
+            Command::Rules(args) => rules(args).await,
+            Command::RuleEval => rule_eval(),
         }
     })
 }

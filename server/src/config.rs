@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
-use crate::documents::collection::{CollectionSpec, IndexSpec};
+use crate::documents::collection::{CollectionSpec, IndexSpec, RuleSpec};
 use crate::util::secret::Secret;
 
 /// The whole configuration.
@@ -259,6 +259,8 @@ impl Default for WeChatConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CollectionDecl {
+    /// CEL rules: `list`, `get`, `create`, `update`, `delete`.
+    pub rules: RuleSpec,
     pub indexes: Vec<IndexSpec>,
     /// A JSON Schema, as a TOML table or as a string of JSON.
     #[serde(deserialize_with = "json_schema")]
@@ -268,6 +270,7 @@ pub struct CollectionDecl {
 impl CollectionDecl {
     pub fn spec(&self) -> CollectionSpec {
         CollectionSpec {
+            rules: self.rules.clone(),
             indexes: self.indexes.clone(),
             schema: self.schema.clone(),
         }
@@ -540,13 +543,8 @@ impl Config {
             if let Err(e) = crate::documents::collection::CollectionName::parse(name) {
                 problems.push(format!("collections.{name}: {e}"));
             }
-            if let Err(e) = crate::documents::collection::index_defs(&decl.indexes) {
-                problems.push(format!("collections.{name}.indexes: {e}"));
-            }
-            if let Some(schema) = &decl.schema
-                && let Err(e) = crate::documents::collection::compile_schema(schema)
-            {
-                problems.push(format!("collections.{name}.schema: {e}"));
+            if let Err(e) = decl.spec().check() {
+                problems.push(format!("collections.{name}: {e}"));
             }
         }
         if problems.is_empty() {

@@ -10,6 +10,7 @@ pub mod config;
 pub mod documents;
 pub mod http;
 pub mod query;
+pub mod rules;
 pub mod store;
 pub mod telemetry;
 pub mod util;

@@ -28,6 +28,26 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Work with access rules.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Run a file of rule tests (`[[case]]` tables); exits non-zero when one fails.
+    ///
+    /// A case names a `rule`, or a `collection` and `operation` whose rule is read from the
+    /// configuration (ferrobase.toml), and gives `auth`, `doc`, `new`, `request` and
+    /// `expect = "allow"` or `"deny"`.
+    Test {
+        file: PathBuf,
+        /// Configuration file declaring the collections (default: ./ferrobase.toml if present).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -123,6 +143,21 @@ fn main() -> anyhow::Result<()> {
                 let id = ferrobase::auth::create_admin(&config, &email, &password).await?;
                 println!("ferrobase: created admin {email} ({id})");
                 Ok(())
+            }
+            Command::Rules {
+                command: RulesCommand::Test { file, config },
+            } => {
+                let config = Config::load(&Overrides {
+                    config,
+                    ..Overrides::default()
+                })?;
+                let (passed, total) = ferrobase::rules::run_test_file(&config, &file)?;
+                if passed == total {
+                    println!("ferrobase: {passed} of {total} rule tests passed");
+                    Ok(())
+                } else {
+                    anyhow::bail!("{} of {total} rule tests failed", total - passed)
+                }
             }
             Command::Migrate(args) => {
                 let config = Config::load(&overrides(args))?;

@@ -66,7 +66,7 @@ fn path() -> impl Strategy<Value = &'static str> {
 fn atom() -> impl Strategy<Value = Value> {
     (
         path(),
-        0usize..10,
+        0usize..11,
         value(),
         prop::collection::vec(scalar(), 0..3),
     )
@@ -81,6 +81,10 @@ fn atom() -> impl Strategy<Value = Value> {
                 6 => json!({ "$exists": v.as_bool().unwrap_or(true) }),
                 7 => json!({ "$contains": v }),
                 8 => json!({ "$startsWith": v.as_str().unwrap_or("a") }),
+                9 => {
+                    let types = ["null", "boolean", "number", "string", "array", "object"];
+                    json!({ "$type": types[list.len() * 2 + usize::from(v.is_string())] })
+                }
                 _ => json!({ "$size": v.as_u64().unwrap_or(1) % 3 }),
             };
             json!({ p: cond })

@@ -502,3 +502,160 @@ async fn oidc_sign_in_links_only_by_verified_email(backend: Backend) {
     );
     s.assert_healthy().await;
 }
+
+// ---- GitHub-style OAuth (no ID token: user info + verified emails) ----
+
+#[derive(Default)]
+struct GitHubStub {
+    codes: Mutex<HashMap<String, String>>,
+}
+
+async fn gh_authorize(
+    State(stub): State<Arc<GitHubStub>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> impl IntoResponse {
+    let code = format!("gh-{}", stub.codes.lock().unwrap().len());
+    stub.codes
+        .lock()
+        .unwrap()
+        .insert(code.clone(), q["code_challenge"].clone());
+    Redirect::to(&format!(
+        "{}?code={code}&state={}",
+        q["redirect_uri"], q["state"]
+    ))
+}
+
+async fn gh_token(
+    State(stub): State<Arc<GitHubStub>>,
+    axum::Form(f): axum::Form<HashMap<String, String>>,
+) -> axum::Json<Value> {
+    let challenge = stub.codes.lock().unwrap().remove(&f["code"]);
+    let ok =
+        challenge == Some(URL_SAFE_NO_PAD.encode(Sha256::digest(f["code_verifier"].as_bytes())));
+    axum::Json(if ok {
+        json!({"access_token": "gh-access", "token_type": "bearer"})
+    } else {
+        json!({"error": "bad_verification_code"})
+    })
+}
+
+async fn gh_user(headers: axum::http::HeaderMap) -> axum::Json<Value> {
+    assert_eq!(headers["authorization"], "Bearer gh-access");
+    axum::Json(json!({"id": 4242, "login": "octo", "email": "unverified-public@example.com"}))
+}
+
+async fn gh_emails() -> axum::Json<Value> {
+    axum::Json(json!([
+        {"email": "octo-secondary@example.com", "primary": false, "verified": true},
+        {"email": "Octo@Example.com", "primary": true, "verified": true}
+    ]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_preset_uses_the_verified_primary_email() {
+    let stub = Arc::new(GitHubStub::default());
+    let router = axum::Router::new()
+        .route("/login/oauth/authorize", get(gh_authorize))
+        .route("/login/oauth/access_token", post(gh_token))
+        .route("/user", get(gh_user))
+        .route("/user/emails", get(gh_emails))
+        .with_state(stub);
+    let base = stub_server(router).await;
+    let config = format!(
+        "[auth]\nredirect_urls = [\"{APP}\"]\n[auth.oauth.gh]\npreset = \"github\"\nclient_id = \"c\"\nclient_secret = \"s\"\n\
+         authorize_url = \"{base}/login/oauth/authorize\"\ntoken_url = \"{base}/login/oauth/access_token\"\nuserinfo_url = \"{base}/user\"\n"
+    );
+    let s = Options::new(Backend::Sqlite).config(&config).start().await;
+    let (status, location, body) =
+        browse(&s, &format!("/v1/auth/oauth/gh?redirect_to={APP}")).await;
+    assert_eq!(status, StatusCode::FOUND, "{body}");
+    let session = fragment_session(&location.unwrap());
+    let (_, user) = s
+        .send(
+            s.req(Method::GET, "/v1/auth/user")
+                .header("authorization", bearer(&session)),
+        )
+        .await;
+    assert_eq!(
+        user["email"], "octo@example.com",
+        "the verified primary address, not the public one"
+    );
+    assert_eq!(user["email_verified"], true);
+}
+
+// ---- SMTP ----
+
+/// A minimal SMTP server: accepts one message per connection, records DATA.
+async fn smtp_stub() -> (u16, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received: Arc<Mutex<Vec<String>>> = Arc::default();
+    let store = received.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let mut lines = BufReader::new(read).lines();
+                let _ = write.write_all(b"220 stub ESMTP\r\n").await;
+                let mut data = String::new();
+                let mut in_data = false;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if in_data {
+                        if line == "." {
+                            in_data = false;
+                            store.lock().unwrap().push(std::mem::take(&mut data));
+                            let _ = write.write_all(b"250 queued\r\n").await;
+                        } else {
+                            data.push_str(&line);
+                            data.push('\n');
+                        }
+                        continue;
+                    }
+                    let reply: &[u8] = match line
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("")
+                        .to_uppercase()
+                        .as_str()
+                    {
+                        "EHLO" => b"250-stub\r\n250 8BITMIME\r\n",
+                        "DATA" => {
+                            in_data = true;
+                            b"354 go ahead\r\n"
+                        }
+                        "QUIT" => {
+                            let _ = write.write_all(b"221 bye\r\n").await;
+                            return;
+                        }
+                        _ => b"250 ok\r\n",
+                    };
+                    let _ = write.write_all(reply).await;
+                }
+            });
+        }
+    });
+    (port, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_goes_through_smtp_when_configured() {
+    let (port, received) = smtp_stub().await;
+    let config = format!(
+        "[auth.smtp]\nhost = \"127.0.0.1\"\nport = {port}\nfrom = \"Ferrobase <no-reply@example.com>\"\ntls = \"none\"\n"
+    );
+    let s = Options::new(Backend::Sqlite).config(&config).start().await;
+    signup(&s, "smtp@example.com").await;
+    let message = crate::helpers::eventually(std::time::Duration::from_secs(10), || async {
+        received.lock().unwrap().first().cloned()
+    })
+    .await;
+    assert!(message.contains("To: smtp@example.com"), "{message}");
+    assert!(
+        message.contains("Subject: Confirm your email address"),
+        "{message}"
+    );
+    let (_, outbox) = s.svc_get("/v1/admin/mail").await;
+    assert_eq!(outbox, json!([]), "with SMTP, nothing lands in the outbox");
+}

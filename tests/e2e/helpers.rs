@@ -391,6 +391,19 @@ impl TestServer {
         self.child = Some(child);
     }
 
+    /// Starts a second node on this server's Postgres database (its own data folder).
+    pub async fn another_node(&self) -> TestServer {
+        let pg = self.pg.as_ref().expect("a second node needs Postgres");
+        let mut options = self.options.clone();
+        options.backend = Backend::Sqlite; // owns no database; the URL comes from env
+        options
+            .env
+            .push(("FERROBASE_DATABASE_URL".into(), pg.url.clone()));
+        let mut node = TestServer::start_with(options).await;
+        node.backend = Backend::Postgres;
+        node
+    }
+
     /// SIGKILL: no graceful shutdown, no flushing.
     pub async fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -15,4 +15,7 @@ mod auth_providers;
 mod documents;
 mod durability;
 mod queries;
+mod rules;
+mod rules_agreement;
+mod rules_matrix;
 mod system;

@@ -120,6 +120,37 @@ pub enum Principal {
     Service,
 }
 
+/// A principal and the request it made, as rules see it (`auth` and `request`).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Principal,
+    /// The client's address (after trusted proxies), when the call came over HTTP.
+    pub ip: Option<std::net::IpAddr>,
+    /// The HTTP method, or what the call amounts to (`GET` for reads, `POST` for writes)
+    /// when it did not come over HTTP.
+    pub method: &'static str,
+}
+
+impl Caller {
+    /// A call from inside the server (cloud code, tests): no address.
+    pub fn internal(principal: Principal) -> Caller {
+        Caller {
+            principal,
+            ip: None,
+            method: "POST",
+        }
+    }
+}
+
+/// A caller is its principal, with request context on the side.
+impl std::ops::Deref for Caller {
+    type Target = Principal;
+
+    fn deref(&self) -> &Principal {
+        &self.principal
+    }
+}
+
 /// What the verified access token says about a user.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UserAuth {
@@ -130,6 +161,43 @@ pub struct UserAuth {
     pub email: Option<String>,
     pub email_verified: bool,
     pub claims: serde_json::Map<String, serde_json::Value>,
+}
+
+impl UserAuth {
+    /// A user as rules see `auth` (`{id, role, anonymous, email, email_verified, claims}`),
+    /// for tools that act "as" someone: the query planner, the rules playground.
+    pub fn from_rule_value(auth: &serde_json::Value) -> Result<UserAuth, String> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct AuthInput {
+            id: String,
+            #[serde(default = "user_role")]
+            role: String,
+            #[serde(default)]
+            anonymous: bool,
+            #[serde(default)]
+            email: Option<String>,
+            #[serde(default)]
+            email_verified: bool,
+            #[serde(default)]
+            claims: serde_json::Map<String, serde_json::Value>,
+        }
+        fn user_role() -> String {
+            "user".into()
+        }
+        let input: AuthInput = serde_json::from_value(auth.clone()).map_err(|e| {
+            format!("`auth` is {{id, role, anonymous, email, email_verified, claims}}: {e}")
+        })?;
+        Ok(UserAuth {
+            id: input.id,
+            session_id: String::new(),
+            role: input.role,
+            anonymous: input.anonymous,
+            email: input.email,
+            email_verified: input.email_verified,
+            claims: input.claims,
+        })
+    }
 }
 
 impl Principal {

@@ -221,6 +221,10 @@ impl Auth {
         }
         if let Some(u) = &config.userinfo_url {
             endpoints.userinfo = Some(u.clone());
+            if preset(config) == "github" {
+                // GitHub lists verified addresses at `<user endpoint>/emails`.
+                endpoints.emails = Some(format!("{}/emails", u.trim_end_matches('/')));
+            }
         }
         if let Some(u) = &config.jwks_url {
             endpoints.jwks = Some(u.clone());

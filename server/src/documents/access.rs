@@ -8,11 +8,14 @@
 //! - a rule that denies a read of one document: `not_found` (404), exactly as if the
 //!   document did not exist, so ids cannot be probed.
 
+use serde_json::Value;
+
 use super::Error;
 use super::collection::Collection;
 use super::document::Document;
-use crate::auth::Principal;
+use crate::auth::Caller;
 use crate::query::Filter;
+use crate::rules::{Rule, Vars};
 
 /// The operations rules are written for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +28,18 @@ pub enum Operation {
 }
 
 impl Operation {
+    pub const ALL: [Operation; 5] = [
+        Operation::List,
+        Operation::Get,
+        Operation::Create,
+        Operation::Update,
+        Operation::Delete,
+    ];
+
+    pub fn parse(name: &str) -> Option<Operation> {
+        Operation::ALL.into_iter().find(|op| op.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Operation::Get => "get",
@@ -41,14 +56,14 @@ impl Operation {
 pub struct Access;
 
 impl Access {
-    /// Refuses a principal that no rule could allow, before anything is read.
+    /// Refuses a caller that no rule could allow, before anything is read.
     pub fn precheck(
         &self,
-        principal: &Principal,
+        caller: &Caller,
         collection: &Collection,
         op: Operation,
     ) -> Result<(), Error> {
-        if principal.is_privileged() {
+        if caller.is_privileged() || collection.rules.get(op).is_some() {
             return Ok(());
         }
         Err(Error::Forbidden(format!(
@@ -58,36 +73,79 @@ impl Access {
         )))
     }
 
-    /// May `principal` read this document? A denial reads as `not_found`.
+    /// May `caller` read this document? A denial reads as `not_found`.
     pub fn check_get(
         &self,
-        principal: &Principal,
+        caller: &Caller,
         collection: &Collection,
-        _doc: &Document,
+        doc: &Document,
     ) -> Result<(), Error> {
-        self.precheck(principal, collection, Operation::Get)
+        if caller.is_privileged() {
+            return Ok(());
+        }
+        let rule = self.rule(caller, collection, Operation::Get)?;
+        let vars = Vars {
+            doc: Some(rule.doc_value(doc)),
+            ..Vars::for_caller(caller)
+        };
+        if rule.evaluate(&vars).allow {
+            Ok(())
+        } else {
+            Err(Error::NotFound)
+        }
     }
 
-    /// The filter a principal's queries are restricted to (AND-ed to theirs).
-    pub fn list_filter(
-        &self,
-        principal: &Principal,
-        collection: &Collection,
-    ) -> Result<Filter, Error> {
-        self.precheck(principal, collection, Operation::List)?;
-        Ok(Filter::True)
+    /// The filter a caller's queries are restricted to (AND-ed to theirs).
+    pub fn list_filter(&self, caller: &Caller, collection: &Collection) -> Result<Filter, Error> {
+        if caller.is_privileged() {
+            return Ok(Filter::True);
+        }
+        let rule = self.rule(caller, collection, Operation::List)?;
+        Ok(rule.filter(&Vars::for_caller(caller)))
     }
 
-    /// May `principal` make this write? Evaluated inside the write transaction, on the
-    /// stored document as it is at that moment (`before`) and the result (`after`).
+    /// May `caller` make this write? Evaluated inside the write transaction, on the stored
+    /// document as it is at that moment (`before`, the rule's `doc`) and the result
+    /// (`after`, the rule's `new`).
     pub fn check_write(
         &self,
-        principal: &Principal,
+        caller: &Caller,
         collection: &Collection,
         op: Operation,
-        _before: Option<&Document>,
-        _after: Option<&Document>,
+        before: Option<&Document>,
+        after: Option<&Document>,
     ) -> Result<(), Error> {
-        self.precheck(principal, collection, op)
+        if caller.is_privileged() {
+            return Ok(());
+        }
+        let rule = self.rule(caller, collection, op)?;
+        let vars = Vars {
+            doc: Some(before.map_or(Value::Null, |d| rule.doc_value(d))),
+            new: after.map(|d| rule.new_value(d)),
+            ..Vars::for_caller(caller)
+        };
+        let decision = rule.evaluate(&vars);
+        if decision.allow {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(format!(
+                "the `{}` rule of collection `{}` denied this write",
+                op.name(),
+                collection.name
+            )))
+        }
+    }
+
+    fn rule<'c>(
+        &self,
+        caller: &Caller,
+        collection: &'c Collection,
+        op: Operation,
+    ) -> Result<&'c Rule, Error> {
+        self.precheck(caller, collection, op)?;
+        collection
+            .rules
+            .get(op)
+            .ok_or_else(|| Error::Internal("BUG: precheck passed without a rule".into()))
     }
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use futures_util::FutureExt;
 
 use super::Error;
-use super::collection::{Collection, CollectionName, CollectionSpec, compile_schema, index_defs};
+use super::collection::{Collection, CollectionName, CollectionSpec};
 use crate::store::{Store, Tx};
 
 pub struct Catalog {
@@ -95,10 +95,7 @@ impl Catalog {
     /// Declares a new collection.
     pub async fn create(&self, name: &str, spec: CollectionSpec) -> Result<Arc<Collection>, Error> {
         let name = CollectionName::parse(name)?;
-        let indexes = index_defs(&spec.indexes)?;
-        if let Some(schema) = &spec.schema {
-            compile_schema(schema)?;
-        }
+        let indexes = spec.check()?;
         let spec_json = spec_text(&spec)?;
         let at = crate::util::time::now();
         let coll_name = name.as_str().to_owned();
@@ -131,10 +128,7 @@ impl Catalog {
     /// Replaces a collection's spec (indexes are added and dropped to match).
     pub async fn update(&self, name: &str, spec: CollectionSpec) -> Result<Arc<Collection>, Error> {
         let existing = self.require(name)?;
-        let indexes = index_defs(&spec.indexes)?;
-        if let Some(schema) = &spec.schema {
-            compile_schema(schema)?;
-        }
+        let indexes = spec.check()?;
         let spec_json = spec_text(&spec)?;
         let at = crate::util::time::now();
         let table = existing.table;

@@ -1,4 +1,5 @@
-//! Collections: names, declared indexes, JSON Schema, and the compiled form the pipeline uses.
+//! Collections: names, rules, declared indexes, JSON Schema, and the compiled form the
+//! pipeline uses.
 
 use std::sync::Arc;
 
@@ -7,7 +8,9 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use super::Error;
+use super::access::Operation;
 use crate::query::{Field, SortKey};
+use crate::rules::{Rule, RuleError, Scope};
 use crate::store::{CollectionRow, IndexDef};
 
 /// Most indexes on one collection, and most fields in one index.
@@ -51,14 +54,124 @@ pub struct IndexSpec {
     pub unique: bool,
 }
 
+/// A collection's rules, as written: CEL expressions; an absent rule denies clients.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub get: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete: Option<String>,
+}
+
+impl RuleSpec {
+    pub fn source(&self, op: Operation) -> Option<&str> {
+        match op {
+            Operation::List => self.list.as_deref(),
+            Operation::Get => self.get.as_deref(),
+            Operation::Create => self.create.as_deref(),
+            Operation::Update => self.update.as_deref(),
+            Operation::Delete => self.delete.as_deref(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        Operation::ALL.iter().all(|op| self.source(*op).is_none())
+    }
+}
+
+/// A collection's rules, compiled.
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    list: Option<Rule>,
+    get: Option<Rule>,
+    create: Option<Rule>,
+    update: Option<Rule>,
+    delete: Option<Rule>,
+}
+
+impl Rules {
+    /// Compiles every rule; the first refused one is a `validation_failed` naming it.
+    pub fn compile(spec: &RuleSpec) -> Result<Rules, Error> {
+        let mut rules = Rules::default();
+        for op in Operation::ALL {
+            let Some(source) = spec.source(op) else {
+                continue;
+            };
+            let compiled = compile_rule(op, source).map_err(|e| Error::Validation {
+                message: format!("rules.{}: {}", op.name(), e.message),
+                details: Some(json!({ "rule": op.name(), "position": e.position })),
+            })?;
+            *rules.slot(op) = Some(compiled);
+        }
+        Ok(rules)
+    }
+
+    /// The rule for an operation; `None` denies clients.
+    pub fn get(&self, op: Operation) -> Option<&Rule> {
+        match op {
+            Operation::List => self.list.as_ref(),
+            Operation::Get => self.get.as_ref(),
+            Operation::Create => self.create.as_ref(),
+            Operation::Update => self.update.as_ref(),
+            Operation::Delete => self.delete.as_ref(),
+        }
+    }
+
+    fn slot(&mut self, op: Operation) -> &mut Option<Rule> {
+        match op {
+            Operation::List => &mut self.list,
+            Operation::Get => &mut self.get,
+            Operation::Create => &mut self.create,
+            Operation::Update => &mut self.update,
+            Operation::Delete => &mut self.delete,
+        }
+    }
+}
+
+/// Compiles one document rule; `list` rules must also have an SQL form.
+pub fn compile_rule(op: Operation, source: &str) -> Result<Rule, RuleError> {
+    if source.trim().is_empty() {
+        return Err(RuleError::at(
+            "the rule is empty; write `true` to allow everyone, or leave the rule out to allow only admins",
+            None,
+        ));
+    }
+    match op {
+        Operation::List => Rule::compile_list(source),
+        _ => Rule::compile(source, Scope::Document),
+    }
+}
+
 /// What is stored about a collection (the catalog row's `spec`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CollectionSpec {
+    #[serde(default, skip_serializing_if = "RuleSpec::is_empty")]
+    pub rules: RuleSpec,
     #[serde(default)]
     pub indexes: Vec<IndexSpec>,
     #[serde(default)]
     pub schema: Option<Value>,
+}
+
+impl CollectionSpec {
+    /// Checks everything a declaration says (rules, indexes, schema) without applying it;
+    /// returns the indexes to create.
+    pub fn check(&self) -> Result<Vec<IndexDef>, Error> {
+        Rules::compile(&self.rules)?;
+        let indexes = index_defs(&self.indexes)?;
+        if let Some(schema) = &self.schema {
+            compile_schema(schema)?;
+        }
+        Ok(indexes)
+    }
 }
 
 /// A collection ready for use: parsed indexes, compiled schema.
@@ -71,6 +184,7 @@ pub struct Collection {
     pub updated_at: String,
     pub spec: CollectionSpec,
     pub indexes: Vec<IndexDef>,
+    pub rules: Rules,
     schema: Option<Arc<jsonschema::Validator>>,
 }
 
@@ -91,6 +205,7 @@ impl Collection {
             Error::Internal(format!("BUG: stored spec of {} is invalid: {e}", row.name))
         })?;
         let indexes = index_defs(&spec.indexes)?;
+        let rules = Rules::compile(&spec.rules)?;
         let schema = spec
             .schema
             .as_ref()
@@ -105,6 +220,7 @@ impl Collection {
             updated_at: row.updated_at,
             spec,
             indexes,
+            rules,
             schema,
         })
     }
@@ -163,6 +279,7 @@ impl Collection {
     pub fn to_json(&self) -> Value {
         json!({
             "name": self.name,
+            "rules": self.spec.rules,
             "indexes": self.spec.indexes,
             "schema": self.spec.schema,
             "version": self.version,

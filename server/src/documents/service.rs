@@ -3,7 +3,7 @@
 //! Every document write — REST, batch, admin, cloud code — runs through [`Documents`]:
 //!
 //! 1. parse and validate the input (field names, depth, JSON Schema);
-//! 2. refuse principals no rule could allow (before reading anything);
+//! 2. refuse callers no rule could allow (before reading anything);
 //! 3. run before-hooks, which may change the data or reject the write;
 //! 4. in the writer's transaction: load the stored document, apply the update, check the
 //!    rule on the current state (`doc`) and the result (`new`), write the document and
@@ -24,7 +24,7 @@ use super::document::Document;
 use super::hooks::{BeforeEvent, Hooks};
 use super::update::Update;
 use super::validate::{check_size, projection, validate_data};
-use crate::auth::Principal;
+use crate::auth::Caller;
 use crate::query::{Cursor, Filter, limits, parse_sort};
 use crate::store::{DocQuery, NewChange, Store, Tx};
 use crate::util::{id::new_id, time};
@@ -180,7 +180,7 @@ type SplitBody = (Option<String>, Option<Option<String>>, Map<String, Value>);
 
 /// Splits a written body into the proposed `_id`, an `_owner` (privileged callers only) and
 /// the user data, refusing any other system field.
-fn split_body(body: Value, principal: &Principal) -> Result<SplitBody, Error> {
+fn split_body(body: Value, caller: &Caller) -> Result<SplitBody, Error> {
     let Value::Object(mut data) = body else {
         return Err(Error::BadRequest("a document must be a JSON object".into()));
     };
@@ -191,7 +191,7 @@ fn split_body(body: Value, principal: &Principal) -> Result<SplitBody, Error> {
     };
     let owner = match data.remove("_owner") {
         None => None,
-        Some(_) if !principal.is_privileged() => {
+        Some(_) if !caller.is_privileged() => {
             return Err(system_field("_owner"));
         }
         Some(Value::String(s)) => Some(Some(s)),
@@ -243,12 +243,12 @@ impl Documents {
     /// One document.
     pub async fn get(
         &self,
-        principal: &Principal,
+        caller: &Caller,
         collection: &str,
         id: &str,
     ) -> Result<Document, Error> {
         let coll = self.catalog.require(collection)?;
-        self.access.precheck(principal, &coll, Operation::Get)?;
+        self.access.precheck(caller, &coll, Operation::Get)?;
         let id = parse_doc_id(id)?;
         let row = self
             .store
@@ -256,18 +256,18 @@ impl Documents {
             .await?
             .ok_or(Error::NotFound)?;
         let doc = Document::from_row(row)?;
-        self.access.check_get(principal, &coll, &doc)?;
+        self.access.check_get(caller, &coll, &doc)?;
         Ok(doc)
     }
 
     /// A page of a query.
     pub async fn query(
         &self,
-        principal: &Principal,
+        caller: &Caller,
         collection: &str,
         req: QueryRequest,
     ) -> Result<QueryPage, Error> {
-        let (coll, q) = self.plan_query(principal, collection, &req)?;
+        let (coll, q) = self.plan_query(caller, collection, &req)?;
         let rows = if q.limit == 0 {
             Vec::new()
         } else {
@@ -306,12 +306,12 @@ impl Documents {
     /// The database's plan for a query (admin tool), and the declared indexes it uses.
     pub async fn explain(
         &self,
-        principal: &Principal,
+        caller: &Caller,
         collection: &str,
         req: QueryRequest,
         discourage_seqscan: bool,
     ) -> Result<(String, Vec<super::collection::IndexSpec>), Error> {
-        let (coll, q) = self.plan_query(principal, collection, &req)?;
+        let (coll, q) = self.plan_query(caller, collection, &req)?;
         let plan = self
             .store
             .explain(
@@ -331,15 +331,15 @@ impl Documents {
         Ok((plan.text, used))
     }
 
-    /// Parses and checks a query, and restricts it to what the principal may list.
+    /// Parses and checks a query, and restricts it to what the caller may list.
     fn plan_query(
         &self,
-        principal: &Principal,
+        caller: &Caller,
         collection: &str,
         req: &QueryRequest,
     ) -> Result<(Arc<Collection>, PlannedQuery), Error> {
         let coll = self.catalog.require(collection)?;
-        self.access.precheck(principal, &coll, Operation::List)?;
+        self.access.precheck(caller, &coll, Operation::List)?;
         let user_filter = Filter::parse(&req.filter).map_err(|e| Error::BadRequest(e.0))?;
         let sort = parse_sort(req.sort.as_deref()).map_err(|e| Error::BadRequest(e.0))?;
         let limit = req.limit.unwrap_or(limits::DEFAULT_LIMIT);
@@ -366,10 +366,7 @@ impl Documents {
             None => None,
         };
         let fields = req.fields.as_deref().map(projection).transpose()?;
-        let filter = Filter::and(vec![
-            self.access.list_filter(principal, &coll)?,
-            user_filter,
-        ]);
+        let filter = Filter::and(vec![self.access.list_filter(caller, &coll)?, user_filter]);
         Ok((
             coll,
             PlannedQuery {
@@ -388,19 +385,19 @@ impl Documents {
     /// Creates a document; a client may propose its `_id`.
     pub async fn create(
         &self,
-        principal: &Principal,
+        caller: &Caller,
         collection: &str,
         body: Value,
     ) -> Result<Document, Error> {
         let coll = self.catalog.require(collection)?;
-        let op = self.prepare_create(principal, coll, body).await?;
-        self.run_one(principal, op).await.and_then(into_doc)
+        let op = self.prepare_create(caller, coll, body).await?;
+        self.run_one(caller, op).await.and_then(into_doc)
     }
 
     /// Applies an update (merge or operators).
     pub async fn update(
         &self,
-        principal: &Principal,
+        caller: &Caller,
         collection: &str,
         id: &str,
         body: Value,
@@ -408,15 +405,15 @@ impl Documents {
     ) -> Result<Document, Error> {
         let coll = self.catalog.require(collection)?;
         let op = self
-            .prepare_update(principal, coll, id, body, if_match)
+            .prepare_update(caller, coll, id, body, if_match)
             .await?;
-        self.run_one(principal, op).await.and_then(into_doc)
+        self.run_one(caller, op).await.and_then(into_doc)
     }
 
     /// Replaces a document's data (creating it with `upsert`); true when it was created.
     pub async fn replace(
         &self,
-        principal: &Principal,
+        caller: &Caller,
         collection: &str,
         id: &str,
         body: Value,
@@ -425,9 +422,9 @@ impl Documents {
     ) -> Result<(Document, bool), Error> {
         let coll = self.catalog.require(collection)?;
         let op = self
-            .prepare_replace(principal, coll, id, body, if_match, upsert)
+            .prepare_replace(caller, coll, id, body, if_match, upsert)
             .await?;
-        match self.run_one(principal, op).await? {
+        match self.run_one(caller, op).await? {
             BatchResult::Created(doc) => Ok((doc, true)),
             BatchResult::Updated(doc) => Ok((doc, false)),
             BatchResult::Deleted(_) => Err(Error::Internal("BUG: replace deleted".into())),
@@ -437,20 +434,20 @@ impl Documents {
     /// Deletes a document.
     pub async fn delete(
         &self,
-        principal: &Principal,
+        caller: &Caller,
         collection: &str,
         id: &str,
         if_match: Option<i64>,
     ) -> Result<(), Error> {
         let coll = self.catalog.require(collection)?;
-        let op = self.prepare_delete(principal, coll, id, if_match).await?;
-        self.run_one(principal, op).await.map(|_| ())
+        let op = self.prepare_delete(caller, coll, id, if_match).await?;
+        self.run_one(caller, op).await.map(|_| ())
     }
 
     /// Runs up to 500 operations, all or nothing.
     pub async fn batch(
         &self,
-        principal: &Principal,
+        caller: &Caller,
         ops: Vec<BatchOp>,
     ) -> Result<Vec<BatchResult>, Error> {
         if ops.is_empty() || ops.len() > MAX_BATCH {
@@ -461,7 +458,7 @@ impl Documents {
         let mut prepared = Vec::with_capacity(ops.len());
         for (index, op) in ops.into_iter().enumerate() {
             let p = self
-                .prepare_batch_op(principal, op)
+                .prepare_batch_op(caller, op)
                 .await
                 .map_err(|error| Error::Batch {
                     index,
@@ -469,20 +466,19 @@ impl Documents {
                 })?;
             prepared.push(p);
         }
-        let principal = principal.clone();
+        let caller = caller.clone();
         let access = self.access.clone();
         self.store
             .write_all_or_nothing(Box::new(move |tx: &mut dyn Tx| {
                 async move {
                     let mut results = Vec::with_capacity(prepared.len());
                     for (index, op) in prepared.iter().enumerate() {
-                        let result =
-                            execute(tx, op, &principal, &access)
-                                .await
-                                .map_err(|error| Error::Batch {
-                                    index,
-                                    error: Box::new(error),
-                                })?;
+                        let result = execute(tx, op, &caller, &access).await.map_err(|error| {
+                            Error::Batch {
+                                index,
+                                error: Box::new(error),
+                            }
+                        })?;
                         results.push(result);
                     }
                     Ok(results)
@@ -492,11 +488,7 @@ impl Documents {
             .await
     }
 
-    async fn prepare_batch_op(
-        &self,
-        principal: &Principal,
-        op: BatchOp,
-    ) -> Result<Prepared, Error> {
+    async fn prepare_batch_op(&self, caller: &Caller, op: BatchOp) -> Result<Prepared, Error> {
         let coll = self.catalog.require(&op.collection)?;
         let id = || {
             op.id
@@ -514,20 +506,17 @@ impl Documents {
                 if let (Some(id), Value::Object(map)) = (&op.id, &mut body) {
                     map.insert("_id".into(), Value::String(id.clone()));
                 }
-                self.prepare_create(principal, coll, body).await
+                self.prepare_create(caller, coll, body).await
             }
             "update" => {
-                self.prepare_update(principal, coll, &id()?, data()?, op.if_match)
+                self.prepare_update(caller, coll, &id()?, data()?, op.if_match)
                     .await
             }
             "replace" => {
-                self.prepare_replace(principal, coll, &id()?, data()?, op.if_match, op.upsert)
+                self.prepare_replace(caller, coll, &id()?, data()?, op.if_match, op.upsert)
                     .await
             }
-            "delete" => {
-                self.prepare_delete(principal, coll, &id()?, op.if_match)
-                    .await
-            }
+            "delete" => self.prepare_delete(caller, coll, &id()?, op.if_match).await,
             other => Err(Error::BadRequest(format!(
                 "unknown batch op `{}` (create, update, replace, delete)",
                 crate::query::shorten_for_message(other)
@@ -535,12 +524,12 @@ impl Documents {
         }
     }
 
-    async fn run_one(&self, principal: &Principal, op: Prepared) -> Result<BatchResult, Error> {
-        let principal = principal.clone();
+    async fn run_one(&self, caller: &Caller, op: Prepared) -> Result<BatchResult, Error> {
+        let caller = caller.clone();
         let access = self.access.clone();
         self.store
             .write(Box::new(move |tx: &mut dyn Tx| {
-                async move { execute(tx, &op, &principal, &access).await }.boxed()
+                async move { execute(tx, &op, &caller, &access).await }.boxed()
             }))
             .await
     }
@@ -548,7 +537,7 @@ impl Documents {
     /// Runs the before-hooks when there are any; returns the (possibly changed) data.
     async fn before(
         &self,
-        principal: &Principal,
+        caller: &Caller,
         coll: &Collection,
         kind: WriteKind,
         id: Option<&str>,
@@ -570,7 +559,7 @@ impl Documents {
             collection: &coll.name,
             kind,
             id,
-            auth: principal,
+            auth: caller,
             data,
             doc: snapshot.as_ref(),
         };
@@ -580,28 +569,28 @@ impl Documents {
 
     async fn prepare_create(
         &self,
-        principal: &Principal,
+        caller: &Caller,
         coll: Arc<Collection>,
         body: Value,
     ) -> Result<Prepared, Error> {
-        self.access.precheck(principal, &coll, Operation::Create)?;
-        let (mut id, mut owner, mut data) = split_body(body, principal)?;
+        self.access.precheck(caller, &coll, Operation::Create)?;
+        let (mut id, mut owner, mut data) = split_body(body, caller)?;
         if self.hooks.has_before(&coll.name, WriteKind::Create) {
             let mut with_id = Value::Object(data);
             if let (Some(id), Value::Object(map)) = (&id, &mut with_id) {
                 map.insert("_id".into(), Value::String(id.clone()));
             }
             let changed = self
-                .before(principal, &coll, WriteKind::Create, id.as_deref(), with_id)
+                .before(caller, &coll, WriteKind::Create, id.as_deref(), with_id)
                 .await?;
-            (id, owner, data) = split_body(changed, principal)
+            (id, owner, data) = split_body(changed, caller)
                 .map(|(new_id, new_owner, data)| (new_id.or(id), new_owner.or(owner), data))?;
         }
         coll.check_schema(&mut data)?;
         let now = time::now();
         let doc = Document {
             id: id.unwrap_or_else(new_id),
-            owner: owner.unwrap_or_else(|| principal.user_id().map(str::to_owned)),
+            owner: owner.unwrap_or_else(|| caller.user_id().map(str::to_owned)),
             created_at: now.clone(),
             updated_at: now,
             version: 1,
@@ -612,19 +601,19 @@ impl Documents {
 
     async fn prepare_update(
         &self,
-        principal: &Principal,
+        caller: &Caller,
         coll: Arc<Collection>,
         id: &str,
         body: Value,
         if_match: Option<i64>,
     ) -> Result<Prepared, Error> {
-        self.access.precheck(principal, &coll, Operation::Update)?;
+        self.access.precheck(caller, &coll, Operation::Update)?;
         let id = parse_doc_id(id)?;
         let update = Update::parse(body)?;
         let update = if self.hooks.has_before(&coll.name, WriteKind::Update) {
             let original = update_to_value(&update);
             Update::parse(
-                self.before(principal, &coll, WriteKind::Update, Some(&id), original)
+                self.before(caller, &coll, WriteKind::Update, Some(&id), original)
                     .await?,
             )?
         } else {
@@ -640,16 +629,16 @@ impl Documents {
 
     async fn prepare_replace(
         &self,
-        principal: &Principal,
+        caller: &Caller,
         coll: Arc<Collection>,
         id: &str,
         body: Value,
         if_match: Option<i64>,
         upsert: bool,
     ) -> Result<Prepared, Error> {
-        self.access.precheck(principal, &coll, Operation::Update)?;
+        self.access.precheck(caller, &coll, Operation::Update)?;
         let id = parse_doc_id(id)?;
-        let (body_id, owner, data) = split_body(body, principal)?;
+        let (body_id, owner, data) = split_body(body, caller)?;
         if body_id.as_deref().is_some_and(|b| b != id) {
             return Err(Error::BadRequest(
                 "`_id` in the body differs from the id in the path".into(),
@@ -658,14 +647,14 @@ impl Documents {
         let mut data = if self.hooks.has_before(&coll.name, WriteKind::Replace) {
             let changed = self
                 .before(
-                    principal,
+                    caller,
                     &coll,
                     WriteKind::Replace,
                     Some(&id),
                     Value::Object(data),
                 )
                 .await?;
-            split_body(changed, principal)?.2
+            split_body(changed, caller)?.2
         } else {
             data
         };
@@ -682,14 +671,14 @@ impl Documents {
 
     async fn prepare_delete(
         &self,
-        principal: &Principal,
+        caller: &Caller,
         coll: Arc<Collection>,
         id: &str,
         if_match: Option<i64>,
     ) -> Result<Prepared, Error> {
-        self.access.precheck(principal, &coll, Operation::Delete)?;
+        self.access.precheck(caller, &coll, Operation::Delete)?;
         let id = parse_doc_id(id)?;
-        self.before(principal, &coll, WriteKind::Delete, Some(&id), Value::Null)
+        self.before(caller, &coll, WriteKind::Delete, Some(&id), Value::Null)
             .await?;
         Ok(Prepared::Delete { coll, id, if_match })
     }
@@ -755,13 +744,13 @@ async fn load(tx: &mut dyn Tx, coll: &Collection, id: &str) -> Result<Option<Doc
 async fn execute(
     tx: &mut dyn Tx,
     op: &Prepared,
-    principal: &Principal,
+    caller: &Caller,
     access: &Access,
 ) -> Result<BatchResult, Error> {
-    let actor = principal.actor();
+    let actor = caller.actor();
     match op {
         Prepared::Create { coll, doc } => {
-            access.check_write(principal, coll, Operation::Create, None, Some(doc))?;
+            access.check_write(caller, coll, Operation::Create, None, Some(doc))?;
             insert(tx, coll, doc, actor.as_deref()).await?;
             Ok(BatchResult::Created(doc.clone()))
         }
@@ -783,13 +772,7 @@ async fn execute(
                 data,
                 ..before.clone()
             };
-            access.check_write(
-                principal,
-                coll,
-                Operation::Update,
-                Some(&before),
-                Some(&after),
-            )?;
+            access.check_write(caller, coll, Operation::Update, Some(&before), Some(&after))?;
             overwrite(tx, coll, &before, &after, actor.as_deref()).await?;
             Ok(BatchResult::Updated(after))
         }
@@ -811,13 +794,13 @@ async fn execute(
                         id: id.clone(),
                         owner: owner
                             .clone()
-                            .unwrap_or_else(|| principal.user_id().map(str::to_owned)),
+                            .unwrap_or_else(|| caller.user_id().map(str::to_owned)),
                         created_at: now.clone(),
                         updated_at: now,
                         version: 1,
                         data: data.clone(),
                     };
-                    access.check_write(principal, coll, Operation::Create, None, Some(&doc))?;
+                    access.check_write(caller, coll, Operation::Create, None, Some(&doc))?;
                     insert(tx, coll, &doc, actor.as_deref()).await?;
                     Ok(BatchResult::Created(doc))
                 }
@@ -830,7 +813,7 @@ async fn execute(
                         ..before.clone()
                     };
                     access.check_write(
-                        principal,
+                        caller,
                         coll,
                         Operation::Update,
                         Some(&before),
@@ -845,7 +828,7 @@ async fn execute(
             let current = load(tx, coll, id).await?;
             check_version(*if_match, current.as_ref())?;
             let before = current.ok_or(Error::NotFound)?;
-            access.check_write(principal, coll, Operation::Delete, Some(&before), None)?;
+            access.check_write(caller, coll, Operation::Delete, Some(&before), None)?;
             let before_json = before.to_json_string();
             let change = NewChange {
                 collection: &coll.name,
@@ -941,6 +924,7 @@ mod tests {
     //! The pipeline's seams, exercised with a real SQLite store.
 
     use super::*;
+    use crate::auth::Principal;
     use crate::documents::hooks::{BeforeEvent, Hooks};
     use async_trait::async_trait;
     use serde_json::json;
@@ -1007,7 +991,7 @@ mod tests {
     #[tokio::test]
     async fn before_hooks_may_change_or_reject_a_write() {
         let (_dir, store, docs) = setup().await;
-        let p = Principal::Service;
+        let p = Caller::internal(Principal::Service);
         let created = docs
             .create(&p, "hooked", json!({"title": "milk"}))
             .await
@@ -1061,7 +1045,11 @@ mod tests {
         let mut commits = store.subscribe_commits();
         let before = *commits.borrow_and_update();
         let doc = docs
-            .create(&Principal::Service, "plain", json!({"a": 1}))
+            .create(
+                &Caller::internal(Principal::Service),
+                "plain",
+                json!({"a": 1}),
+            )
             .await
             .unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(5), commits.changed())

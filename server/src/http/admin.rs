@@ -3,18 +3,22 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{AdminAuth, Json, PathParams, QueryParams};
 use crate::app::AppState;
-use crate::documents::collection::{CollectionSpec, IndexSpec};
+use crate::documents::collection::{CollectionSpec, IndexSpec, RuleSpec};
+use crate::rules::playground::{RuleTest, TestError};
 
 /// A collection to declare.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CollectionInput {
     pub name: String,
+    /// CEL rules; a missing one allows only admins and the service key.
+    #[serde(default)]
+    pub rules: RuleSpec,
     #[serde(default)]
     pub indexes: Vec<IndexSpec>,
     /// JSON Schema for the user fields.
@@ -24,9 +28,13 @@ pub struct CollectionInput {
 }
 
 /// Changes to a collection: only the fields given change; `"schema": null` removes it.
+/// `rules` is merged per operation: a rule given as `null` is removed.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CollectionPatch {
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub rules: Option<Map<String, Value>>,
     #[serde(default)]
     pub indexes: Option<Vec<IndexSpec>>,
     #[serde(default, deserialize_with = "present")]
@@ -53,6 +61,7 @@ pub async fn create_collection(
     Json(input): Json<CollectionInput>,
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
     let spec = CollectionSpec {
+        rules: input.rules,
         indexes: input.indexes,
         schema: input.schema.filter(|s| !s.is_null()),
     };
@@ -101,6 +110,9 @@ pub async fn update_collection(
 ) -> Result<axum::Json<Value>, ApiError> {
     let current = app.catalog.require(&name)?;
     let mut spec = current.spec.clone();
+    if let Some(rules) = patch.rules {
+        spec.rules = merge_rules(&spec.rules, rules)?;
+    }
     if let Some(indexes) = patch.indexes {
         spec.indexes = indexes;
     }
@@ -109,6 +121,29 @@ pub async fn update_collection(
     }
     let collection = app.catalog.update(&name, spec).await?;
     Ok(axum::Json(collection.to_json()))
+}
+
+/// Applies a rules patch: each given operation is set, or removed when `null`.
+fn merge_rules(current: &RuleSpec, patch: Map<String, Value>) -> Result<RuleSpec, ApiError> {
+    let mut merged = serde_json::to_value(current)
+        .ok()
+        .and_then(|v| v.as_object().cloned())
+        .unwrap_or_default();
+    for (op, rule) in patch {
+        match rule {
+            Value::Null => {
+                merged.remove(&op);
+            }
+            rule => {
+                merged.insert(op, rule);
+            }
+        }
+    }
+    serde_json::from_value(Value::Object(merged)).map_err(|e| {
+        ApiError::validation(format!(
+            "`rules` maps list, get, create, update and delete to CEL strings: {e}"
+        ))
+    })
 }
 
 /// DELETE /v1/admin/collections/{name} — delete a collection and its documents.
@@ -139,6 +174,10 @@ pub struct ExplainBody {
     /// whether an index can serve the query.
     #[serde(default)]
     pub discourage_seqscan: bool,
+    /// Plan the query as this signed-in user would run it, with the collection's `list`
+    /// rule applied (`{id, role, claims, …}`, as rules see `auth`).
+    #[schema(value_type = Option<Object>)]
+    pub auth: Option<Value>,
 }
 
 /// POST /v1/admin/collections/{name}/explain — the database's plan for a query.
@@ -154,6 +193,13 @@ pub async fn explain_query(
     PathParams(name): PathParams<String>,
     Json(body): Json<ExplainBody>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    let principal = match &body.auth {
+        None | Some(Value::Null) => principal,
+        Some(auth) => crate::auth::Principal::User(
+            crate::auth::UserAuth::from_rule_value(auth).map_err(ApiError::bad_request)?,
+        ),
+    };
+    let caller = crate::auth::Caller::internal(principal);
     let request = crate::documents::QueryRequest {
         filter: body.filter.unwrap_or(Value::Null),
         sort: body.sort,
@@ -162,9 +208,45 @@ pub async fn explain_query(
     };
     let (plan, used) = app
         .documents
-        .explain(&principal, &name, request, body.discourage_seqscan)
+        .explain(&caller, &name, request, body.discourage_seqscan)
         .await?;
     Ok(axum::Json(json!({ "plan": plan, "indexes_used": used })))
+}
+
+/// POST /v1/admin/rules/test — evaluate a rule against given inputs (the rules playground).
+#[utoipa::path(post, path = "/v1/admin/rules/test", tag = "admin",
+    request_body = RuleTest,
+    responses((status = 200, description = "`{allow, reason}`, and `passed` when `expect` was given", body = Object),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn test_rule(
+    State(app): State<AppState>,
+    AdminAuth(_): AdminAuth,
+    Json(test): Json<RuleTest>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let stored = |collection: &str, op: &str| -> Result<Option<String>, String> {
+        let coll = app.catalog.require(collection).map_err(|e| e.to_string())?;
+        let op = crate::documents::access::Operation::parse(op)
+            .ok_or_else(|| "`operation` is list, get, create, update or delete".to_owned())?;
+        Ok(coll.spec.rules.source(op).map(str::to_owned))
+    };
+    match test.run(&stored) {
+        Ok(outcome) => {
+            let mut body = json!({
+                "allow": outcome.decision.allow,
+                "reason": outcome.decision.reason,
+            });
+            if let Some(passed) = outcome.passed {
+                body["passed"] = json!(passed);
+            }
+            Ok(axum::Json(body))
+        }
+        Err(TestError::Input(message)) => Err(ApiError::bad_request(message)),
+        Err(TestError::Rule(e)) => {
+            Err(ApiError::validation(e.message.clone())
+                .with_details(json!({ "position": e.position })))
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{Auth, IfMatch, Json, PathParams, QueryParams};
+use super::extract::{CallerAuth, IfMatch, Json, PathParams, QueryParams};
 use crate::app::AppState;
 use crate::documents::document::Document;
 use crate::documents::{BatchOp, QueryPage, QueryRequest};
@@ -31,11 +31,11 @@ fn with_etag(status: StatusCode, doc: &Document) -> Response {
     security((), ("bearer" = [])))]
 pub async fn create_document(
     State(app): State<AppState>,
-    Auth(principal): Auth,
+    CallerAuth(caller): CallerAuth,
     PathParams(collection): PathParams<String>,
     Json(body): Json<Value>,
 ) -> Result<Response, ApiError> {
-    let doc = app.documents.create(&principal, &collection, body).await?;
+    let doc = app.documents.create(&caller, &collection, body).await?;
     Ok(with_etag(StatusCode::CREATED, &doc))
 }
 
@@ -69,7 +69,7 @@ pub struct ListParams {
     security((), ("bearer" = [])))]
 pub async fn list_documents(
     State(app): State<AppState>,
-    Auth(principal): Auth,
+    CallerAuth(caller): CallerAuth,
     PathParams(collection): PathParams<String>,
     QueryParams(params): QueryParams<ListParams>,
 ) -> Result<axum::Json<QueryPage>, ApiError> {
@@ -81,7 +81,7 @@ pub async fn list_documents(
     let page = app
         .documents
         .query(
-            &principal,
+            &caller,
             &collection,
             QueryRequest {
                 filter,
@@ -139,14 +139,14 @@ pub struct QueryBody {
     security((), ("bearer" = [])))]
 pub async fn query_documents(
     State(app): State<AppState>,
-    Auth(principal): Auth,
+    CallerAuth(caller): CallerAuth,
     PathParams(collection): PathParams<String>,
     Json(body): Json<QueryBody>,
 ) -> Result<axum::Json<QueryPage>, ApiError> {
     let page = app
         .documents
         .query(
-            &principal,
+            &caller,
             &collection,
             QueryRequest {
                 filter: body.filter.unwrap_or(Value::Null),
@@ -170,10 +170,10 @@ pub async fn query_documents(
     security((), ("bearer" = [])))]
 pub async fn get_document(
     State(app): State<AppState>,
-    Auth(principal): Auth,
+    CallerAuth(caller): CallerAuth,
     PathParams((collection, id)): PathParams<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let doc = app.documents.get(&principal, &collection, &id).await?;
+    let doc = app.documents.get(&caller, &collection, &id).await?;
     Ok(with_etag(StatusCode::OK, &doc))
 }
 
@@ -188,14 +188,14 @@ pub async fn get_document(
     security((), ("bearer" = [])))]
 pub async fn update_document(
     State(app): State<AppState>,
-    Auth(principal): Auth,
+    CallerAuth(caller): CallerAuth,
     PathParams((collection, id)): PathParams<(String, String)>,
     IfMatch(if_match): IfMatch,
     Json(body): Json<Value>,
 ) -> Result<Response, ApiError> {
     let doc = app
         .documents
-        .update(&principal, &collection, &id, body, if_match)
+        .update(&caller, &collection, &id, body, if_match)
         .await?;
     Ok(with_etag(StatusCode::OK, &doc))
 }
@@ -221,7 +221,7 @@ pub struct ReplaceParams {
     security((), ("bearer" = [])))]
 pub async fn replace_document(
     State(app): State<AppState>,
-    Auth(principal): Auth,
+    CallerAuth(caller): CallerAuth,
     PathParams((collection, id)): PathParams<(String, String)>,
     QueryParams(params): QueryParams<ReplaceParams>,
     IfMatch(if_match): IfMatch,
@@ -229,7 +229,7 @@ pub async fn replace_document(
 ) -> Result<Response, ApiError> {
     let (doc, created) = app
         .documents
-        .replace(&principal, &collection, &id, body, if_match, params.upsert)
+        .replace(&caller, &collection, &id, body, if_match, params.upsert)
         .await?;
     let status = if created {
         StatusCode::CREATED
@@ -248,12 +248,12 @@ pub async fn replace_document(
     security((), ("bearer" = [])))]
 pub async fn delete_document(
     State(app): State<AppState>,
-    Auth(principal): Auth,
+    CallerAuth(caller): CallerAuth,
     PathParams((collection, id)): PathParams<(String, String)>,
     IfMatch(if_match): IfMatch,
 ) -> Result<StatusCode, ApiError> {
     app.documents
-        .delete(&principal, &collection, &id, if_match)
+        .delete(&caller, &collection, &id, if_match)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -281,10 +281,10 @@ pub struct BatchResponse {
     security((), ("bearer" = [])))]
 pub async fn batch(
     State(app): State<AppState>,
-    Auth(principal): Auth,
+    CallerAuth(caller): CallerAuth,
     Json(body): Json<BatchBody>,
 ) -> Result<axum::Json<BatchResponse>, ApiError> {
-    let results = app.documents.batch(&principal, body.ops).await?;
+    let results = app.documents.batch(&caller, body.ops).await?;
     Ok(axum::Json(BatchResponse {
         results: results.iter().map(|r| r.to_json()).collect(),
     }))

@@ -9,9 +9,10 @@ use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
+use super::client_ip::ClientInfo;
 use super::error::ApiError;
 use crate::app::AppState;
-use crate::auth::Principal;
+use crate::auth::{Caller, Principal};
 
 /// A JSON request body. Accepts `application/json` (or a `+json` type) or no content type;
 /// malformed JSON is `bad_request`, an oversized body `payload_too_large`.
@@ -121,6 +122,40 @@ impl FromRequestParts<AppState> for Auth {
         app: &AppState,
     ) -> Result<Self, Self::Rejection> {
         principal(&parts.headers, app).await.map(Auth)
+    }
+}
+
+/// The caller with its request context (address, method), for paths that run rules.
+pub struct CallerAuth(pub Caller);
+
+impl FromRequestParts<AppState> for CallerAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let principal = principal(&parts.headers, app).await?;
+        let client = ClientInfo::from_request_parts(parts, app).await?;
+        Ok(CallerAuth(Caller {
+            principal,
+            ip: Some(client.ip),
+            method: method_name(&parts.method),
+        }))
+    }
+}
+
+/// The method as a static name (rules compare it with string literals).
+fn method_name(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        _ => "OTHER",
     }
 }
 

@@ -109,6 +109,7 @@ pub fn api(app: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(admin::revoke_user_sessions))
         .routes(routes!(admin::list_mail))
         .routes(routes!(admin::explain_query))
+        .routes(routes!(admin::test_rule))
         .routes(routes!(admin::list_changes))
         .layer(DefaultBodyLimit::max(limits.json_body))
         .layer(axum::middleware::from_fn_with_state(

@@ -50,6 +50,56 @@ pub enum Filter {
     StartsWith(Field, String),
     /// An array of exactly this many elements.
     Size(Field, u64),
+    /// The field holds a value of this JSON type (a missing field has no type).
+    Type(Field, JsonType),
+}
+
+/// JSON types, for `$type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonType {
+    Null,
+    Boolean,
+    Number,
+    String,
+    Array,
+    Object,
+}
+
+impl JsonType {
+    pub fn parse(name: &str) -> Option<JsonType> {
+        Some(match name {
+            "null" => JsonType::Null,
+            "boolean" => JsonType::Boolean,
+            "number" => JsonType::Number,
+            "string" => JsonType::String,
+            "array" => JsonType::Array,
+            "object" => JsonType::Object,
+            _ => return None,
+        })
+    }
+
+    pub fn of(value: &Value) -> JsonType {
+        match value {
+            Value::Null => JsonType::Null,
+            Value::Bool(_) => JsonType::Boolean,
+            Value::Number(_) => JsonType::Number,
+            Value::String(_) => JsonType::String,
+            Value::Array(_) => JsonType::Array,
+            Value::Object(_) => JsonType::Object,
+        }
+    }
+
+    /// The sort rank of values of this type (null shares rank 0 with "missing").
+    pub fn rank(self) -> u8 {
+        match self {
+            JsonType::Null => 0,
+            JsonType::Boolean => 1,
+            JsonType::Number => 2,
+            JsonType::String => 3,
+            JsonType::Array => 4,
+            JsonType::Object => 5,
+        }
+    }
 }
 
 impl Filter {
@@ -106,6 +156,7 @@ impl Filter {
                 Some(Value::Array(items)) => items.len() as u64 == *n,
                 _ => false,
             },
+            Filter::Type(field, ty) => field.lookup(doc).is_some_and(|v| JsonType::of(&v) == *ty),
         }
     }
 
@@ -129,7 +180,8 @@ impl Filter {
             | Filter::Exists(f, _)
             | Filter::Contains(f, _)
             | Filter::StartsWith(f, _)
-            | Filter::Size(f, _) => out.push(f),
+            | Filter::Size(f, _)
+            | Filter::Type(f, _) => out.push(f),
         }
     }
 }
@@ -295,6 +347,12 @@ impl Parser {
             "$size" => Filter::Size(
                 field.clone(),
                 arg.as_u64().ok_or_else(|| bad("a non-negative integer"))?,
+            ),
+            "$type" => Filter::Type(
+                field.clone(),
+                arg.as_str()
+                    .and_then(JsonType::parse)
+                    .ok_or_else(|| bad("one of null, boolean, number, string, array, object"))?,
             ),
             "$not" => {
                 if depth + 1 > limits::MAX_DEPTH {

@@ -19,8 +19,8 @@ mod path;
 mod sort;
 mod value;
 
-pub use filter::{CmpOp, Filter, JsonDoc};
-pub use path::{Field, SystemField};
+pub use filter::{CmpOp, Filter, JsonDoc, JsonType};
+pub use path::{Field, SystemField, is_queryable_segment};
 pub use sort::{Cursor, SortKey, compare, parse_sort};
 pub use value::{canonical_text, cmp_values, rank, values_equal};
 

@@ -15,7 +15,7 @@
 use serde_json::Value;
 
 use super::DocQuery;
-use crate::query::{CmpOp, Field, Filter, SortKey, SystemField, rank};
+use crate::query::{CmpOp, Field, Filter, JsonType, SortKey, SystemField, rank};
 
 /// A bound parameter.
 #[derive(Debug, Clone, PartialEq)]
@@ -174,7 +174,8 @@ fn field_of(atom: &Filter) -> Option<&Field> {
         | Filter::Exists(f, _)
         | Filter::Contains(f, _)
         | Filter::StartsWith(f, _)
-        | Filter::Size(f, _) => Some(f),
+        | Filter::Size(f, _)
+        | Filter::Type(f, _) => Some(f),
         _ => None,
     }
 }
@@ -225,6 +226,16 @@ fn system_atom(d: &dyn Dialect, field: SystemField, atom: &Filter, b: &mut Binde
             _ => never,
         },
         Filter::Exists(_, wanted) => if *wanted { d.true_sql() } else { d.false_sql() }.to_owned(),
+        Filter::Type(_, ty) => match (field, ty) {
+            (SystemField::Owner, JsonType::Null) => "owner IS NULL".to_owned(),
+            (SystemField::Owner, JsonType::String) => "owner IS NOT NULL".to_owned(),
+            (SystemField::Version, JsonType::Number) => d.true_sql().to_owned(),
+            (
+                SystemField::Id | SystemField::CreatedAt | SystemField::UpdatedAt,
+                JsonType::String,
+            ) => d.true_sql().to_owned(),
+            _ => never,
+        },
         Filter::Contains(_, Value::String(s)) if is_text => d.str_contains(col, s, b),
         Filter::StartsWith(_, prefix) if is_text => d.str_starts_with(col, prefix, b),
         _ => never,

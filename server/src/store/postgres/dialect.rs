@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use crate::query::{Filter, canonical_text, rank};
+use crate::query::{Filter, JsonType, canonical_text, rank};
 use crate::store::query::{Binder, Dialect, KeyColumn, Param, group_by_rank, op_sql};
 
 pub(crate) struct Postgres;
@@ -203,6 +203,8 @@ impl Dialect for Postgres {
                     rank_expr(&x)
                 )
             }
+            Filter::Type(_, JsonType::Null) => format!("jsonb_typeof({x}) = 'null'"),
+            Filter::Type(_, ty) => format!("{} = {}", rank_expr(&x), ty.rank()),
             Filter::Size(_, n) => {
                 let p = b.bind(Param::Int(i64::try_from(*n).unwrap_or(i64::MAX)));
                 format!(

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::query::{Filter, canonical_text, rank};
+use crate::query::{Filter, JsonType, canonical_text, rank};
 use crate::store::query::{Binder, Dialect, KeyColumn, Param, group_by_rank, number_param, op_sql};
 
 pub(crate) struct Sqlite;
@@ -164,6 +164,8 @@ impl Dialect for Sqlite {
                     value_expr(&p)
                 )
             }
+            Filter::Type(_, JsonType::Null) => format!("json_type(data, {p}) = 'null'"),
+            Filter::Type(_, ty) => format!("{} = {}", rank_expr(&p), ty.rank()),
             Filter::Size(_, n) => {
                 let param = b.bind(Param::Int(i64::try_from(*n).unwrap_or(i64::MAX)));
                 format!("json_type(data, {p}) = 'array' AND json_array_length(data, {p}) = {param}")
