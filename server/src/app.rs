@@ -15,6 +15,7 @@ use crate::documents::Documents;
 use crate::documents::access::Access;
 use crate::documents::catalog::{Catalog, Declared};
 use crate::documents::hooks::NoHooks;
+use crate::realtime::Realtime;
 use crate::store::Store;
 
 /// Everything a request handler may need.
@@ -26,6 +27,7 @@ pub struct App {
     pub changes: Changes,
     pub service_key: ServiceKey,
     pub auth: Arc<Auth>,
+    pub realtime: Arc<Realtime>,
     pub trusted_proxies: Vec<crate::http::client_ip::Cidr>,
     pub metrics: PrometheusHandle,
     pub started: Instant,
@@ -84,7 +86,15 @@ impl App {
         );
         let changes = Changes::new(store.clone(), config.changes.retention);
         let (stop, stop_rx) = watch::channel(false);
-        let tasks = vec![
+        let (realtime, realtime_tasks) = Realtime::start(
+            documents.clone(),
+            changes.clone(),
+            auth.clone(),
+            service_key.clone(),
+            config.realtime.clone(),
+            stop_rx.clone(),
+        )?;
+        let mut tasks = vec![
             catalog.follow_remote(),
             tokio::spawn(
                 changes
@@ -97,6 +107,7 @@ impl App {
                 stop_rx,
             )),
         ];
+        tasks.extend(realtime_tasks);
         Ok(Arc::new(App {
             config,
             store,
@@ -105,6 +116,7 @@ impl App {
             changes,
             service_key,
             auth,
+            realtime,
             trusted_proxies,
             metrics,
             started,
@@ -113,9 +125,17 @@ impl App {
         }))
     }
 
+    /// Tells background tasks and realtime connections to stop (idempotent).
+    pub fn begin_shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+
     /// Stops background tasks and closes the database (after queued writes finish).
     pub async fn shutdown(&self) {
-        let _ = self.stop.send(true);
+        self.begin_shutdown();
+        self.realtime
+            .wait_idle(std::time::Duration::from_secs(2))
+            .await;
         for task in self.tasks.lock().await.drain(..) {
             task.abort();
         }

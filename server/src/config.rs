@@ -34,6 +34,7 @@ pub struct Config {
     pub changes: ChangesConfig,
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
+    pub realtime: RealtimeConfig,
     /// Proxies (IPs or CIDRs) whose `X-Forwarded-For` is believed for the client address.
     pub trusted_proxies: Vec<String>,
     /// Collections declared in the file, applied at start.
@@ -73,6 +74,58 @@ pub struct LimitsConfig {
     pub json_body: usize,
     /// Largest body of `POST /v1/db/batch`, in bytes.
     pub batch_body: usize,
+}
+
+/// Realtime over WebSocket.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RealtimeConfig {
+    /// Frames queued for one connection before it is closed with 4008 (the client resumes).
+    pub send_queue: usize,
+    /// Most subscriptions one connection may hold.
+    pub max_subscriptions: usize,
+    /// Largest frame a client may send, in bytes.
+    pub max_frame: usize,
+    /// Most channels one connection may join.
+    pub max_channels: usize,
+    /// The server pings this often; a peer silent for three intervals is closed.
+    #[serde(deserialize_with = "duration")]
+    pub ping_interval: Duration,
+    /// Nodes announce themselves this often; a node silent for three intervals is gone and
+    /// its channel members leave.
+    #[serde(deserialize_with = "duration")]
+    pub node_heartbeat: Duration,
+    pub channels: ChannelsConfig,
+}
+
+/// Realtime channels (presence and broadcast).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelsConfig {
+    /// CEL rules with `auth`, `channel {name, presence, payload}`, `request`; a missing
+    /// rule allows.
+    pub rules: ChannelRules,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelRules {
+    pub join: Option<String>,
+    pub broadcast: Option<String>,
+}
+
+impl Default for RealtimeConfig {
+    fn default() -> Self {
+        Self {
+            send_queue: 1024,
+            max_subscriptions: 100,
+            max_frame: 64 * 1024,
+            max_channels: 20,
+            ping_interval: Duration::from_secs(20),
+            node_heartbeat: Duration::from_secs(5),
+            channels: ChannelsConfig::default(),
+        }
+    }
 }
 
 /// Users, sessions and sign-in.
@@ -291,6 +344,7 @@ impl Default for Config {
             changes: ChangesConfig::default(),
             limits: LimitsConfig::default(),
             auth: AuthConfig::default(),
+            realtime: RealtimeConfig::default(),
             trusted_proxies: Vec::new(),
             collections: BTreeMap::new(),
         }
@@ -479,6 +533,34 @@ impl Config {
         }
         if self.changes.prune_interval < Duration::from_millis(100) {
             problems.push("changes.prune_interval must be at least 100ms".to_owned());
+        }
+        let rt = &self.realtime;
+        if rt.send_queue < 8 || rt.max_subscriptions == 0 || rt.max_channels == 0 {
+            problems.push(
+                "realtime: send_queue must be at least 8, max_subscriptions and max_channels at least 1"
+                    .to_owned(),
+            );
+        }
+        if rt.max_frame < 1024 {
+            problems.push("realtime.max_frame must be at least 1024 bytes".to_owned());
+        }
+        if rt.ping_interval < Duration::from_millis(100)
+            || rt.node_heartbeat < Duration::from_millis(100)
+        {
+            problems.push(
+                "realtime.ping_interval and realtime.node_heartbeat must be at least 100ms"
+                    .to_owned(),
+            );
+        }
+        for (name, rule) in [
+            ("join", &rt.channels.rules.join),
+            ("broadcast", &rt.channels.rules.broadcast),
+        ] {
+            if let Some(rule) = rule
+                && let Err(e) = crate::rules::Rule::compile(rule, crate::rules::Scope::Channel)
+            {
+                problems.push(format!("realtime.channels.rules.{name}: {e}"));
+            }
         }
         if self.auth.min_password_length < 6 {
             problems.push("auth.min_password_length must be at least 6".to_owned());

@@ -10,6 +10,7 @@ pub mod config;
 pub mod documents;
 pub mod http;
 pub mod query;
+pub mod realtime;
 pub mod rules;
 pub mod store;
 pub mod telemetry;
@@ -34,6 +35,13 @@ pub async fn serve(
         .context("reading the listen address")?;
     let app = app::App::build(config, addr).await?;
     let router = http::router(app.clone());
+    let stopping = app.clone();
+    // WebSockets are not HTTP requests in flight: tell them to close as soon as the
+    // shutdown begins (1001), so they do not hold the shutdown up.
+    let shutdown = async move {
+        shutdown.await;
+        stopping.begin_shutdown();
+    };
     tracing::info!(%addr, backend = app.store.kind().name(), "ferrobase started");
     // One machine-readable line on stdout: operators and the test harness read it.
     println!("ferrobase listening on http://{addr}");

@@ -15,6 +15,7 @@ mod auth_providers;
 mod documents;
 mod durability;
 mod queries;
+mod realtime;
 mod rules;
 mod rules_agreement;
 mod rules_matrix;

@@ -122,6 +122,7 @@ const ROUTES: &[&str] = &[
     "GET /.well-known/jwks.json",
     "POST /v1/admin/login",
     "POST /v1/admin/rules/test",
+    "GET /v1/realtime",
     "GET /v1/admin/users",
     "GET /v1/admin/users/{id}",
     "PATCH /v1/admin/users/{id}",

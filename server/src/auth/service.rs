@@ -161,6 +161,11 @@ impl Auth {
 
     /// The principal an access token stands for.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, Error> {
+        self.authenticate_until(token).await.map(|(p, _)| p)
+    }
+
+    /// The principal an access token stands for, and when the token expires (unix seconds).
+    pub async fn authenticate_until(&self, token: &str) -> Result<(Principal, i64), Error> {
         let claims = self.tokens.verify(token).map_err(|e| match e {
             TokenError::Expired => Error::TokenExpired,
             TokenError::Invalid => Error::Unauthenticated("invalid or expired token".into()),
@@ -189,7 +194,7 @@ impl Auth {
                 if verdict.user_id == claims.sub
                     && matches!(p, Principal::Admin { .. }) == claims.adm =>
             {
-                Ok(p)
+                Ok((p, claims.exp))
             }
             _ => Err(Error::Unauthenticated("the session has ended".into())),
         }

@@ -34,6 +34,11 @@ impl Changes {
         self.store.changes_after(seq, limit).await
     }
 
+    /// The oldest seq still kept (`None` while the log is empty).
+    pub async fn oldest_seq(&self) -> Result<Option<i64>, store::Error> {
+        self.store.oldest_seq().await
+    }
+
     pub fn retention(&self) -> Duration {
         self.retention
     }

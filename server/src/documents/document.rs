@@ -39,6 +39,34 @@ impl Document {
         })
     }
 
+    /// The inverse of [`Document::to_json_string`] (the change log stores documents so).
+    pub fn from_json_str(text: &str) -> Result<Document, Error> {
+        let bad = || Error::Internal("BUG: a change-log document is malformed".into());
+        let Ok(Value::Object(mut map)) = serde_json::from_str::<Value>(text) else {
+            return Err(bad());
+        };
+        let mut text_field = |name: &str| match map.remove(name) {
+            Some(Value::String(s)) => Some(s),
+            _ => None,
+        };
+        let id = text_field("_id").ok_or_else(bad)?;
+        let owner = text_field("_owner");
+        let created_at = text_field("_created_at").unwrap_or_default();
+        let updated_at = text_field("_updated_at").unwrap_or_default();
+        let version = map
+            .remove("_version")
+            .and_then(|v| v.as_i64())
+            .unwrap_or_default();
+        Ok(Document {
+            id,
+            owner,
+            created_at,
+            updated_at,
+            version,
+            data: map,
+        })
+    }
+
     /// The row to store, with `data` as canonical JSON text.
     pub fn to_row(&self) -> DocRow {
         DocRow {

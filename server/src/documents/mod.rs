@@ -13,7 +13,9 @@ mod service;
 pub mod update;
 pub mod validate;
 
-pub use service::{BatchOp, BatchResult, Documents, QueryPage, QueryRequest, WriteKind};
+pub use service::{
+    BatchOp, BatchResult, Documents, QueryPage, QueryRequest, WriteKind, parse_doc_id,
+};
 
 use serde_json::Value;
 

@@ -146,6 +146,7 @@ impl PlannedQuery {
 }
 
 /// The documents service.
+#[derive(Clone)]
 pub struct Documents {
     store: Store,
     catalog: Arc<Catalog>,
@@ -236,6 +237,10 @@ impl Documents {
 
     pub fn catalog(&self) -> &Arc<Catalog> {
         &self.catalog
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     // ---- reads ----

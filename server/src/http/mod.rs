@@ -8,6 +8,7 @@ pub mod documents;
 pub mod error;
 pub mod extract;
 pub mod middleware;
+pub mod realtime;
 pub mod system;
 
 use std::sync::Arc;
@@ -36,6 +37,7 @@ use error::ApiError;
         (name = "auth", description = "users, sessions and sign-in"),
         (name = "documents", description = "the JSON document database"),
         (name = "admin", description = "administration (admins and the service key)"),
+        (name = "realtime", description = "subscriptions, presence and broadcast over WebSocket"),
     )
 )]
 struct ApiDoc;
@@ -111,6 +113,7 @@ pub fn api(app: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(admin::explain_query))
         .routes(routes!(admin::test_rule))
         .routes(routes!(admin::list_changes))
+        .routes(routes!(realtime::realtime))
         .layer(DefaultBodyLimit::max(limits.json_body))
         .layer(axum::middleware::from_fn_with_state(
             limits.json_body,

@@ -287,11 +287,16 @@ pub(crate) trait Backend: Send + Sync {
     ) -> Result<Plan>;
     async fn last_seq(&self) -> Result<i64>;
     async fn changes_after(&self, seq: i64, limit: u32) -> Result<Vec<ChangeRow>>;
+    /// The oldest seq still in the change log (`None` while it is empty).
+    async fn oldest_seq(&self) -> Result<Option<i64>>;
     async fn prune_changes(&self, older_than: &str) -> Result<u64>;
     /// A write session on the writer connection.
     async fn write_session(&self) -> Result<Box<dyn writer::WriteSession>>;
     /// Tells other nodes the catalog changed (Postgres `NOTIFY`; nothing on SQLite).
     async fn notify_catalog(&self) -> Result<()>;
+    /// Sends a realtime message (presence, broadcast) to every node (Postgres `NOTIFY`;
+    /// nothing on SQLite, which has one node).
+    async fn notify_realtime(&self, payload: &str) -> Result<()>;
     /// The auth tables, on the reader pool.
     fn auth(&self) -> &dyn auth::AuthRead;
     /// Starts forwarding other nodes' commits and catalog changes (Postgres `LISTEN`).
@@ -305,6 +310,7 @@ pub(crate) trait Backend: Send + Sync {
 pub(crate) struct RemoteEvents {
     pub committed: watch::Sender<i64>,
     pub catalog: watch::Sender<u64>,
+    pub realtime: tokio::sync::broadcast::Sender<Arc<str>>,
 }
 
 /// How to open a store.
@@ -328,6 +334,7 @@ pub struct Store {
     writer: writer::Writer,
     committed: watch::Sender<i64>,
     catalog: watch::Sender<u64>,
+    realtime: tokio::sync::broadcast::Sender<Arc<str>>,
 }
 
 impl Store {
@@ -350,6 +357,7 @@ impl Store {
         let last = backend.last_seq().await?;
         let (committed, _) = watch::channel(last);
         let (catalog, _) = watch::channel(0u64);
+        let (realtime, _) = tokio::sync::broadcast::channel(4096);
         let writer = writer::Writer::start(
             backend.clone(),
             committed.clone(),
@@ -363,6 +371,7 @@ impl Store {
             .listen(RemoteEvents {
                 committed: committed.clone(),
                 catalog: catalog.clone(),
+                realtime: realtime.clone(),
             })
             .await?;
         Ok(Store {
@@ -370,6 +379,7 @@ impl Store {
             writer,
             committed,
             catalog,
+            realtime,
         })
     }
 
@@ -452,8 +462,19 @@ impl Store {
     pub async fn changes_after(&self, seq: i64, limit: u32) -> Result<Vec<ChangeRow>> {
         self.backend.changes_after(seq, limit).await
     }
+    pub async fn oldest_seq(&self) -> Result<Option<i64>> {
+        self.backend.oldest_seq().await
+    }
     pub async fn prune_changes(&self, older_than: &str) -> Result<u64> {
         self.backend.prune_changes(older_than).await
+    }
+    /// Publishes a realtime message to the other nodes (no-op with one node).
+    pub async fn notify_realtime(&self, payload: &str) -> Result<()> {
+        self.backend.notify_realtime(payload).await
+    }
+    /// Realtime messages other nodes published.
+    pub fn subscribe_realtime(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
+        self.realtime.subscribe()
     }
     pub async fn notify_catalog(&self) -> Result<()> {
         self.backend.notify_catalog().await

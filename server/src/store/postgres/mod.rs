@@ -25,6 +25,8 @@ pub(crate) use dialect::Postgres as Dialect;
 pub(crate) const CHANGES_CHANNEL: &str = "fb_changes";
 /// `NOTIFY` channel telling nodes to reload collections.
 pub(crate) const CATALOG_CHANNEL: &str = "fb_catalog";
+/// `NOTIFY` channel carrying realtime presence and broadcasts between nodes.
+pub(crate) const REALTIME_CHANNEL: &str = "fb_realtime";
 
 pub(crate) struct PgBackend {
     read: PgPool,
@@ -269,10 +271,27 @@ impl Backend for PgBackend {
         Ok(())
     }
 
+    async fn notify_realtime(&self, payload: &str) -> Result<()> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(REALTIME_CHANNEL)
+            .bind(payload)
+            .execute(&self.read)
+            .await?;
+        Ok(())
+    }
+
+    async fn oldest_seq(&self) -> Result<Option<i64>> {
+        Ok(
+            sqlx::query_scalar("SELECT MIN(seq)::bigint FROM fb_changes")
+                .fetch_one(&self.read)
+                .await?,
+        )
+    }
+
     async fn listen(&self, events: RemoteEvents) -> Result<()> {
         let mut listener = PgListener::connect_with(&self.read).await?;
         listener
-            .listen_all([CHANGES_CHANNEL, CATALOG_CHANNEL])
+            .listen_all([CHANGES_CHANNEL, CATALOG_CHANNEL, REALTIME_CHANNEL])
             .await?;
         let read = self.read.clone();
         let handle = tokio::spawn(async move {
@@ -281,6 +300,8 @@ impl Backend for PgBackend {
                     Ok(Some(note)) => {
                         if note.channel() == CATALOG_CHANNEL {
                             events.catalog.send_modify(|v| *v += 1);
+                        } else if note.channel() == REALTIME_CHANNEL {
+                            let _ = events.realtime.send(note.payload().into());
                         } else if let Ok(seq) = note.payload().parse::<i64>() {
                             advance(&events.committed, seq);
                         }

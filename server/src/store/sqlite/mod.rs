@@ -307,6 +307,16 @@ impl Backend for SqliteBackend {
         Ok(())
     }
 
+    async fn notify_realtime(&self, _payload: &str) -> Result<()> {
+        Ok(())
+    }
+
+    async fn oldest_seq(&self) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar("SELECT MIN(seq) FROM fb_changes")
+            .fetch_one(&self.read)
+            .await?)
+    }
+
     fn auth(&self) -> &dyn crate::store::auth::AuthRead {
         self
     }

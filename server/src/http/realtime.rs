@@ -1,0 +1,166 @@
+//! `GET /v1/realtime`: the WebSocket. This module owns the socket — reading frames,
+//! writing the connection's outbox, pings, close codes — and hands every text frame to the
+//! connection's [`Session`](crate::realtime::Session).
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+
+use super::client_ip::ClientInfo;
+use super::error::ApiError;
+use crate::app::AppState;
+use crate::auth::{Caller, Principal};
+use crate::realtime::conn::close;
+use crate::realtime::{Conn, Out};
+
+/// Opens a realtime connection (WebSocket; the protocol is in docs/realtime.md).
+#[utoipa::path(
+    get,
+    path = "/v1/realtime",
+    tag = "realtime",
+    responses(
+        (status = 101, description = "switching to the WebSocket protocol"),
+        (status = 400, description = "not a WebSocket request", body = super::error::ErrorBody),
+    )
+)]
+pub async fn realtime(
+    State(app): State<AppState>,
+    client: ClientInfo,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(_) => {
+            return ApiError::bad_request(
+                "this endpoint speaks WebSocket; send an Upgrade: websocket request",
+            )
+            .into_response();
+        }
+    };
+    // A bearer token at the upgrade counts as the first `auth` frame.
+    let token = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().to_owned());
+    let config = app.realtime.config();
+    let max = config.max_frame;
+    upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| run(app, socket, client.ip, token))
+}
+
+async fn run(app: AppState, socket: WebSocket, ip: std::net::IpAddr, token: Option<String>) {
+    let config = app.realtime.config().clone();
+    let caller = Caller {
+        principal: Principal::Anonymous,
+        ip: Some(ip),
+        method: "GET",
+    };
+    let (conn, outbox) = Conn::new(caller, config.send_queue);
+    let mut session = app.realtime.session(conn.clone());
+    let (sink, mut stream) = socket.split();
+    let writer = tokio::spawn(write_loop(sink, outbox, conn.clone()));
+    if let Some(token) = token {
+        let frame = serde_json::json!({"type": "auth", "token": token}).to_string();
+        session.handle_text(&frame).await;
+    }
+    let mut stop = app.realtime.stopping();
+    let mut ping = tokio::time::interval(config.ping_interval);
+    ping.tick().await;
+    let mut heard = tokio::time::Instant::now();
+    loop {
+        let deadline = session.deadline();
+        tokio::select! {
+            frame = stream.next() => match frame {
+                Some(Ok(Message::Text(text))) => {
+                    heard = tokio::time::Instant::now();
+                    session.handle_text(text.as_str()).await;
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    heard = tokio::time::Instant::now();
+                    conn.push(crate::realtime::protocol::error(
+                        None,
+                        "bad_request",
+                        "send JSON in text frames",
+                    ));
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                    heard = tokio::time::Instant::now();
+                }
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Err(e)) => {
+                    // tungstenite: "Space limit exceeded: Message too long: N > M".
+                    let too_big = e.to_string().contains("too long");
+                    if too_big {
+                        conn.close(close::TOO_BIG, "the frame is larger than realtime.max_frame");
+                    }
+                    break;
+                }
+            },
+            _ = ping.tick() => {
+                if heard.elapsed() > config.ping_interval * 3 {
+                    conn.close(close::DEAD_PEER, "no answer to pings");
+                    break;
+                }
+                conn.push_out(Out::Ping);
+            }
+            _ = sleep_until(deadline), if deadline.is_some() => session.on_deadline().await,
+            _ = async { let _ = stop.wait_for(|s| *s).await.is_ok(); } => {
+                conn.close(close::GOING_AWAY, "the server is shutting down");
+                break;
+            }
+            _ = conn.closed() => break,
+        }
+    }
+    session.finish().await;
+    conn.close(1000, "");
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn write_loop(
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut outbox: mpsc::Receiver<Out>,
+    conn: std::sync::Arc<Conn>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            (code, reason) = conn.closed() => {
+                let _ = sink
+                    .send(Message::Close(Some(CloseFrame { code, reason: reason.into() })))
+                    .await;
+                let _ = sink.close().await;
+                return;
+            }
+            out = outbox.recv() => {
+                let sent = match out {
+                    Some(Out::Text(text)) => sink.send(Message::Text(text.into())).await,
+                    Some(Out::Ping) => sink.send(Message::Ping(bytes::Bytes::new())).await,
+                    None => return,
+                };
+                if sent.is_err() {
+                    conn.close(close::DEAD_PEER, "the connection failed");
+                    return;
+                }
+            }
+        }
+    }
+}
