@@ -9,6 +9,8 @@
 //! fbbench docs --bin target/release/ferrobase --postgres postgres://postgres@127.0.0.1:5432/postgres
 //! ```
 
+mod realtime;
+
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,6 +41,8 @@ enum Command {
     Rules(DocsArgs),
     /// Rule evaluation cost in-process, no server.
     RuleEval,
+    /// Realtime fan-out: delivery latency, sustained events, memory per connection.
+    Realtime(realtime::RealtimeArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -143,19 +147,7 @@ impl Server {
 
     /// User + system CPU time of the server process so far.
     fn cpu(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
-        // Fields after the command name (which is in parentheses).
-        let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        // utime and stime are fields 14 and 15 (1-based); 12 and 13 after the name.
-        let total = ticks(11) + ticks(12);
-        Duration::from_millis(total * 1000 / clock_ticks())
+        proc_cpu(self.pid)
     }
 
     /// Resident memory of the server process, in KiB.
@@ -179,6 +171,23 @@ impl Server {
             );
         }
     }
+}
+
+/// User + system CPU time of a process so far.
+fn proc_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses).
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 (1-based); 12 and 13 after the name.
+    let total = ticks(11) + ticks(12);
+    Duration::from_millis(total * 1000 / clock_ticks())
 }
 
 fn clock_ticks() -> u64 {
@@ -899,6 +908,7 @@ fn main() -> anyhow::Result<()> {
             Command::Tokens => tokens(),
             Command::Rules(args) => rules(args).await,
             Command::RuleEval => rule_eval(),
+            Command::Realtime(args) => realtime::realtime(args).await,
         }
     })
 }

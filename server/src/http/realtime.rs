@@ -54,7 +54,11 @@ pub async fn realtime(
         .map(|(_, t)| t.trim().to_owned());
     let config = app.realtime.config();
     let max = config.max_frame;
+    // Small socket buffers: an idle connection should cost a few KiB, not tungstenite's
+    // default 128 KiB read buffer.
     upgrade
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| run(app, socket, client.ip, token))
@@ -151,16 +155,32 @@ async fn write_loop(
                 return;
             }
             out = outbox.recv() => {
-                let sent = match out {
-                    Some(Out::Text(text)) => sink.send(Message::Text(text.into())).await,
-                    Some(Out::Ping) => sink.send(Message::Ping(bytes::Bytes::new())).await,
-                    None => return,
-                };
+                let Some(first) = out else { return };
+                // Everything already queued goes out with one flush.
+                let mut sent = sink.feed(message(first)).await;
+                let mut batch = 1;
+                while sent.is_ok() && batch < 64 {
+                    match outbox.try_recv() {
+                        Ok(next) => sent = sink.feed(message(next)).await,
+                        Err(_) => break,
+                    }
+                    batch += 1;
+                }
+                if sent.is_ok() {
+                    sent = sink.flush().await;
+                }
                 if sent.is_err() {
                     conn.close(close::DEAD_PEER, "the connection failed");
                     return;
                 }
             }
         }
+    }
+}
+
+fn message(out: Out) -> Message {
+    match out {
+        Out::Text(text) => Message::Text(text.into()),
+        Out::Ping => Message::Ping(bytes::Bytes::new()),
     }
 }

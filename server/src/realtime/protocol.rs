@@ -39,7 +39,7 @@ pub enum ClientMsg {
         #[serde(default)]
         payload: Value,
     },
-    Ping,
+    Ping {},
 }
 
 /// A seq as the client sends it back: the string the server sent, or a number.

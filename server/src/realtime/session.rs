@@ -109,7 +109,7 @@ impl Session {
             }
         };
         match message {
-            ClientMsg::Ping => {
+            ClientMsg::Ping {} => {
                 self.conn.push(protocol::pong());
             }
             ClientMsg::Auth { token } => self.authenticate(token).await,

@@ -37,6 +37,18 @@ pub struct Uses {
     pub object: Use,
     pub channel: Use,
     pub request: bool,
+    pub auth: bool,
+}
+
+impl Uses {
+    /// The rule reads no variable at all: its verdict is the same for every evaluation.
+    pub fn none(&self) -> bool {
+        !self.request
+            && !self.auth
+            && [&self.doc, &self.new, &self.object, &self.channel]
+                .iter()
+                .all(|u| **u == Use::Unused)
+    }
 }
 
 pub(super) fn uses(expr: &IdedExpr) -> Uses {
@@ -46,6 +58,7 @@ pub(super) fn uses(expr: &IdedExpr) -> Uses {
         object: Use::Unused,
         channel: Use::Unused,
         request: false,
+        auth: false,
     };
     walk(expr, &mut uses);
     uses
@@ -77,6 +90,8 @@ fn walk(e: &IdedExpr, uses: &mut Uses) {
         Expr::Ident(name) => {
             if name == "request" {
                 uses.request = true;
+            } else if name == "auth" {
+                uses.auth = true;
             } else if let Some(slot) = uses.slot(name) {
                 *slot = Use::Whole;
             }

@@ -108,6 +108,8 @@ pub struct Rule {
     plan: Option<Arc<Plan>>,
     /// What of each variable the rule reads (only that is converted to CEL).
     uses: Arc<bind::Uses>,
+    /// The verdict of a rule that reads no variable (`true`), decided once when compiled.
+    constant: Option<bool>,
 }
 
 /// Longest accepted rule source.
@@ -126,12 +128,17 @@ impl Rule {
         let program = Program::compile(source).map_err(|e| syntax_error(source, &e))?;
         check::check(&program, scope)?;
         let uses = bind::uses(program.expression());
-        Ok(Rule {
+        let mut rule = Rule {
             source: source.into(),
             program: Arc::new(program),
             plan: None,
             uses: Arc::new(uses),
-        })
+            constant: None,
+        };
+        if rule.uses.none() {
+            rule.constant = Some(rule.evaluate(&Vars::default()).allow);
+        }
+        Ok(rule)
     }
 
     /// Compiles a `list` rule: it must also have an SQL form (see `lower`).
@@ -146,8 +153,29 @@ impl Rule {
         &self.source
     }
 
+    /// The verdict of a rule that reads no variable (`true`, `false`), known without
+    /// evaluating; callers skip building variables for it.
+    pub fn constant(&self) -> Option<bool> {
+        self.constant
+    }
+
     /// Evaluates the rule with the given variables (JSON; absent ones are not bound).
     pub fn evaluate(&self, vars: &Vars) -> Decision {
+        match self.constant {
+            Some(true) => {
+                return Decision {
+                    allow: true,
+                    reason: "the rule evaluated to true".into(),
+                };
+            }
+            Some(false) => {
+                return Decision {
+                    allow: false,
+                    reason: "the rule evaluated to false".into(),
+                };
+            }
+            None => {}
+        }
         let context = vars.context(&self.uses);
         match self.program.execute(&context) {
             Ok(cel::Value::Bool(true)) => Decision {
