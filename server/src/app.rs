@@ -16,6 +16,7 @@ use crate::documents::access::Access;
 use crate::documents::catalog::{Catalog, Declared};
 use crate::documents::hooks::NoHooks;
 use crate::realtime::Realtime;
+use crate::storage::Storage;
 use crate::store::Store;
 
 /// Everything a request handler may need.
@@ -28,6 +29,7 @@ pub struct App {
     pub service_key: ServiceKey,
     pub auth: Arc<Auth>,
     pub realtime: Arc<Realtime>,
+    pub storage: Arc<Storage>,
     pub trusted_proxies: Vec<crate::http::client_ip::Cidr>,
     pub metrics: PrometheusHandle,
     pub started: Instant,
@@ -85,6 +87,38 @@ impl App {
             Arc::new(NoHooks),
         );
         let changes = Changes::new(store.clone(), config.changes.retention);
+        let blob_dir = config
+            .storage
+            .dir
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("storage"));
+        let blobs = Arc::new(
+            crate::blobs::local::LocalBlobs::open(&blob_dir)
+                .with_context(|| format!("opening the blob folder {}", blob_dir.display()))?,
+        );
+        let storage = Storage::open(
+            store.clone(),
+            blobs,
+            crate::storage::Settings {
+                public_url: config.auth.public_url.clone(),
+                sweep_grace: config.storage.sweep_grace,
+                sweep_interval: config.storage.sweep_interval,
+                max_sign_ttl: config.storage.max_sign_ttl,
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("loading buckets: {e}"))?;
+        for (name, spec) in &config.buckets {
+            if storage
+                .declare_bucket(name, spec.clone())
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("applying bucket `{name}` from the config file: {e}")
+                })?
+            {
+                tracing::info!(bucket = %name, "bucket declared by the config file");
+            }
+        }
         let (stop, stop_rx) = watch::channel(false);
         let (realtime, realtime_tasks) = Realtime::start(
             documents.clone(),
@@ -104,10 +138,12 @@ impl App {
             tokio::spawn(prune_auth_loop(
                 store.clone(),
                 config.changes.prune_interval,
-                stop_rx,
+                stop_rx.clone(),
             )),
         ];
         tasks.extend(realtime_tasks);
+        tasks.push(storage.follow_remote());
+        tasks.push(tokio::spawn(storage.clone().sweep_loop(stop_rx.clone())));
         Ok(Arc::new(App {
             config,
             store,
@@ -117,6 +153,7 @@ impl App {
             service_key,
             auth,
             realtime,
+            storage,
             trusted_proxies,
             metrics,
             started,

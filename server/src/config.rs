@@ -35,6 +35,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
     pub realtime: RealtimeConfig,
+    pub storage: StorageConfig,
+    /// Buckets declared in the file, applied at start.
+    pub buckets: BTreeMap<String, crate::storage::BucketSpec>,
     /// Proxies (IPs or CIDRs) whose `X-Forwarded-For` is believed for the client address.
     pub trusted_proxies: Vec<String>,
     /// Collections declared in the file, applied at start.
@@ -74,6 +77,33 @@ pub struct LimitsConfig {
     pub json_body: usize,
     /// Largest body of `POST /v1/db/batch`, in bytes.
     pub batch_body: usize,
+}
+
+/// Object storage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Where local blobs live (default `<data_dir>/storage`).
+    pub dir: Option<PathBuf>,
+    /// Blobs no object names, older than this, are deleted by the sweeper.
+    #[serde(deserialize_with = "duration")]
+    pub sweep_grace: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub sweep_interval: Duration,
+    /// Longest lifetime of a signed URL.
+    #[serde(deserialize_with = "duration")]
+    pub max_sign_ttl: Duration,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            sweep_grace: Duration::from_secs(3600),
+            sweep_interval: Duration::from_secs(600),
+            max_sign_ttl: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
 }
 
 /// Realtime over WebSocket.
@@ -345,6 +375,8 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             auth: AuthConfig::default(),
             realtime: RealtimeConfig::default(),
+            storage: StorageConfig::default(),
+            buckets: BTreeMap::new(),
             trusted_proxies: Vec::new(),
             collections: BTreeMap::new(),
         }
@@ -533,6 +565,22 @@ impl Config {
         }
         if self.changes.prune_interval < Duration::from_millis(100) {
             problems.push("changes.prune_interval must be at least 100ms".to_owned());
+        }
+        if self.storage.sweep_interval < Duration::from_millis(100) {
+            problems.push("storage.sweep_interval must be at least 100ms".to_owned());
+        }
+        for (name, spec) in &self.buckets {
+            if let Err(e) = crate::storage::bucket::check_name(name).and_then(|()| {
+                crate::storage::Bucket::compile(
+                    name.clone(),
+                    spec.clone(),
+                    String::new(),
+                    String::new(),
+                )
+                .map(|_| ())
+            }) {
+                problems.push(format!("buckets.{name}: {e}"));
+            }
         }
         let rt = &self.realtime;
         if rt.send_queue < 8 || rt.max_subscriptions == 0 || rt.max_channels == 0 {

@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod blobs;
 pub mod changes;
 pub mod config;
 pub mod documents;
@@ -12,6 +13,7 @@ pub mod http;
 pub mod query;
 pub mod realtime;
 pub mod rules;
+pub mod storage;
 pub mod store;
 pub mod telemetry;
 pub mod util;

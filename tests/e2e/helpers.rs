@@ -404,6 +404,21 @@ impl TestServer {
         node
     }
 
+    /// The server's resident memory, in KiB (Linux).
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(|c| c.id())
+            .expect("server running");
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// SIGKILL: no graceful shutdown, no flushing.
     pub async fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

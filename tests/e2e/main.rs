@@ -19,4 +19,5 @@ mod realtime;
 mod rules;
 mod rules_agreement;
 mod rules_matrix;
+mod storage;
 mod system;

@@ -229,3 +229,30 @@ impl From<crate::store::Error> for ApiError {
         documents::Error::from(e).into()
     }
 }
+
+impl From<crate::storage::Error> for ApiError {
+    fn from(e: crate::storage::Error) -> Self {
+        use crate::storage::Error as E;
+        let message = e.to_string();
+        match e {
+            E::BucketNotFound(_) => Self::new(StatusCode::NOT_FOUND, "bucket_not_found", message),
+            E::NotFound => Self::not_found(message),
+            E::Forbidden(m) => Self::forbidden(m),
+            E::BadRequest(m) => Self::bad_request(m),
+            E::Validation { message, details } => ApiError {
+                details,
+                ..Self::validation(message)
+            },
+            E::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
+            E::TooLarge(m) => Self::payload_too_large(m),
+            E::UnsupportedType(m) => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                m,
+            ),
+            E::BadSignature => Self::new(StatusCode::FORBIDDEN, "invalid_signature", message),
+            E::Unavailable(cause) => Self::unavailable(cause),
+            E::Internal(cause) => Self::internal(cause),
+        }
+    }
+}

@@ -9,6 +9,7 @@ pub mod error;
 pub mod extract;
 pub mod middleware;
 pub mod realtime;
+pub mod storage;
 pub mod system;
 
 use std::sync::Arc;
@@ -37,6 +38,7 @@ use error::ApiError;
         (name = "auth", description = "users, sessions and sign-in"),
         (name = "documents", description = "the JSON document database"),
         (name = "admin", description = "administration (admins and the service key)"),
+        (name = "storage", description = "buckets and objects"),
         (name = "realtime", description = "subscriptions, presence and broadcast over WebSocket"),
     )
 )]
@@ -114,6 +116,12 @@ pub fn api(app: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(admin::test_rule))
         .routes(routes!(admin::list_changes))
         .routes(routes!(realtime::realtime))
+        .routes(routes!(storage::create_bucket, storage::list_buckets))
+        .routes(routes!(
+            storage::get_bucket,
+            storage::update_bucket,
+            storage::delete_bucket
+        ))
         .layer(DefaultBodyLimit::max(limits.json_body))
         .layer(axum::middleware::from_fn_with_state(
             limits.json_body,
@@ -123,9 +131,17 @@ pub fn api(app: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
+/// The route table with the object routes (not expressible in utoipa's router, see
+/// `storage::object_routes`) and their OpenAPI paths.
+fn all_routes(app: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (routes, mut openapi) = api(app);
+    openapi.merge(storage::StorageDoc::openapi());
+    (routes.merge(storage::object_routes()), openapi)
+}
+
 /// The complete router with middleware.
 pub fn router(app: AppState) -> Router {
-    let (routes, mut openapi) = api(&app);
+    let (routes, mut openapi) = all_routes(&app);
     openapi.info.version = env!("CARGO_PKG_VERSION").to_owned();
     let doc = system::OpenApiJson(Arc::new(
         serde_json::to_string(&openapi).unwrap_or_else(|_| "{}".to_owned()),

@@ -276,10 +276,8 @@ impl Session {
 
     /// Back to anonymous; signed-in subscriptions are suspended where they stand.
     fn sign_out(&mut self) {
-        self.set_principal(Principal::Anonymous);
-        self.token = None;
-        self.expires_at = None;
-        self.next_check = None;
+        // Unregister first: a change dispatched in between must not be judged as anonymous
+        // for a subscription that will resume after it (it would be lost).
         let signed_in: Vec<String> = self
             .subs
             .values()
@@ -295,6 +293,10 @@ impl Session {
                 self.suspended.push((spec, at));
             }
         }
+        self.set_principal(Principal::Anonymous);
+        self.token = None;
+        self.expires_at = None;
+        self.next_check = None;
     }
 
     async fn resume_suspended(&mut self) {

@@ -13,6 +13,7 @@ pub mod auth;
 mod postgres;
 pub mod query;
 mod sqlite;
+pub mod storage;
 mod writer;
 
 use std::sync::Arc;
@@ -264,6 +265,9 @@ pub trait Tx: Send {
 
     /// The auth tables, in this transaction.
     fn auth(&mut self) -> &mut dyn auth::AuthTx;
+
+    /// The storage tables, in this transaction.
+    fn storage(&mut self) -> &mut dyn storage::StorageTx;
 }
 
 /// The read side of a backend, plus the few things the writer and the bus need.
@@ -299,6 +303,8 @@ pub(crate) trait Backend: Send + Sync {
     async fn notify_realtime(&self, payload: &str) -> Result<()>;
     /// The auth tables, on the reader pool.
     fn auth(&self) -> &dyn auth::AuthRead;
+    /// The storage tables, on the reader pool.
+    fn storage(&self) -> &dyn storage::StorageRead;
     /// Starts forwarding other nodes' commits and catalog changes (Postgres `LISTEN`).
     async fn listen(&self, events: RemoteEvents) -> Result<()>;
     fn pool_stats(&self) -> Vec<PoolStat>;
@@ -482,6 +488,11 @@ impl Store {
     /// Auth reads.
     pub fn auth(&self) -> &dyn auth::AuthRead {
         self.backend.auth()
+    }
+
+    /// Storage reads.
+    pub fn storage(&self) -> &dyn storage::StorageRead {
+        self.backend.storage()
     }
 
     pub fn pool_stats(&self) -> Vec<PoolStat> {

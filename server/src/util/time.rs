@@ -32,6 +32,11 @@ pub fn later(age: std::time::Duration) -> String {
     format(OffsetDateTime::now_utc() + age)
 }
 
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

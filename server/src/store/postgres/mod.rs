@@ -3,6 +3,7 @@
 
 mod auth;
 mod dialect;
+mod storage;
 mod tx;
 
 use std::sync::Mutex;
@@ -260,6 +261,10 @@ impl Backend for PgBackend {
     }
 
     fn auth(&self) -> &dyn crate::store::auth::AuthRead {
+        self
+    }
+
+    fn storage(&self) -> &dyn crate::store::storage::StorageRead {
         self
     }
 

@@ -3,6 +3,7 @@
 
 mod auth;
 mod dialect;
+mod storage;
 mod tx;
 
 use std::path::Path;
@@ -318,6 +319,10 @@ impl Backend for SqliteBackend {
     }
 
     fn auth(&self) -> &dyn crate::store::auth::AuthRead {
+        self
+    }
+
+    fn storage(&self) -> &dyn crate::store::storage::StorageRead {
         self
     }
 

@@ -303,6 +303,10 @@ impl Tx for SqliteSession {
         self
     }
 
+    fn storage(&mut self) -> &mut dyn crate::store::storage::StorageTx {
+        self
+    }
+
     async fn drop_index(&mut self, table_id: i64, key: &str) -> Result<()> {
         if !key.chars().all(|c| c.is_ascii_alphanumeric()) {
             return Err(Error::Other("BUG: index key is not alphanumeric".into()));

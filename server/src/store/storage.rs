@@ -1,0 +1,65 @@
+//! What the store keeps for object storage: buckets and object metadata (the bytes are in
+//! the blob store). Writes happen inside the writer's transaction through [`StorageTx`];
+//! reads through [`StorageRead`] on the reader pool.
+
+use async_trait::async_trait;
+
+use super::Result;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BucketRow {
+    pub name: String,
+    /// JSON the storage domain owns.
+    pub spec: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectRow {
+    pub bucket: String,
+    pub key: String,
+    pub blob: String,
+    pub size: i64,
+    pub content_type: String,
+    pub etag: String,
+    /// JSON object text.
+    pub metadata: String,
+    pub owner: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[async_trait]
+pub trait StorageRead: Send + Sync {
+    async fn list_buckets(&self) -> Result<Vec<BucketRow>>;
+    async fn get_object(&self, bucket: &str, key: &str) -> Result<Option<ObjectRow>>;
+    /// Objects whose key starts with `prefix`, after `after`, in key order.
+    async fn list_objects(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ObjectRow>>;
+    /// Whether any object row names this blob.
+    async fn blob_in_use(&self, blob: &str) -> Result<bool>;
+}
+
+#[async_trait]
+pub trait StorageTx: Send {
+    /// Creates or replaces a bucket's spec; true when it was created.
+    async fn put_bucket(&mut self, name: &str, spec: &str, at: &str) -> Result<bool>;
+    /// Deletes a bucket and its object rows; false when there was none.
+    async fn delete_bucket(&mut self, name: &str) -> Result<bool>;
+    async fn get_object(&mut self, bucket: &str, key: &str) -> Result<Option<ObjectRow>>;
+    /// Inserts or replaces the object row (keeping `created_at` and taking the old row's
+    /// place); returns the row it replaced.
+    async fn put_object(&mut self, row: &ObjectRow) -> Result<Option<ObjectRow>>;
+    /// Deletes the object row; returns it.
+    async fn delete_object(&mut self, bucket: &str, key: &str) -> Result<Option<ObjectRow>>;
+}
+
+/// The columns of `fb_objects`, in [`ObjectRow`] order.
+pub(crate) const OBJECT_COLUMNS: &str =
+    "bucket, key, blob, size, content_type, etag, metadata, owner, created_at, updated_at";
