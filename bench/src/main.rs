@@ -10,6 +10,7 @@
 //! ```
 
 mod realtime;
+mod storage;
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -43,6 +44,8 @@ enum Command {
     RuleEval,
     /// Realtime fan-out: delivery latency, sustained events, memory per connection.
     Realtime(realtime::RealtimeArgs),
+    /// Object storage throughput (local disk and S3) and memory during a large upload.
+    Storage(storage::StorageArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -72,6 +75,9 @@ struct DocsArgs {
     /// Extra `ferrobase.toml` contents for the server.
     #[arg(long, default_value = "")]
     config: String,
+    /// Extra environment for the server (set by scenarios, not the command line).
+    #[arg(skip)]
+    env: Vec<(String, String)>,
 }
 
 impl DocsArgs {
@@ -107,6 +113,9 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
+        for (k, v) in &args.env {
+            cmd.env(k, v);
+        }
         let mut pg = None;
         if let Some(admin) = &args.postgres {
             let name = format!("fb_bench_{}", std::process::id());
@@ -909,6 +918,7 @@ fn main() -> anyhow::Result<()> {
             Command::Rules(args) => rules(args).await,
             Command::RuleEval => rule_eval(),
             Command::Realtime(args) => realtime::realtime(args).await,
+            Command::Storage(args) => storage::storage(args).await,
         }
     })
 }

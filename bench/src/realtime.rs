@@ -384,6 +384,7 @@ pub async fn realtime(args: RealtimeArgs) -> anyhow::Result<()> {
                 "[realtime]\nsend_queue = 4096\n[collections.feed.rules]\nget = {}\n",
                 serde_json::to_string(&args.rule)?
             ),
+            env: Vec::new(),
         };
         let server = Server::start(&docs).await?;
         let target = Target::Ferrobase {
@@ -441,7 +442,7 @@ pub async fn realtime(args: RealtimeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn proc_rss_kib(pid: u32) -> u64 {
+pub(crate) fn proc_rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()

@@ -92,10 +92,18 @@ impl App {
             .dir
             .clone()
             .unwrap_or_else(|| config.data_dir.join("storage"));
-        let blobs = Arc::new(
-            crate::blobs::local::LocalBlobs::open(&blob_dir)
-                .with_context(|| format!("opening the blob folder {}", blob_dir.display()))?,
-        );
+        let blobs: Arc<dyn crate::blobs::Blobs> = match &config.storage.s3 {
+            Some(s3) => {
+                let blobs = crate::blobs::s3::S3Blobs::new(s3).context("configuring S3")?;
+                blobs.check().await?;
+                tracing::info!(bucket = %s3.bucket, "objects are stored in S3");
+                Arc::new(blobs)
+            }
+            None => Arc::new(
+                crate::blobs::local::LocalBlobs::open(&blob_dir)
+                    .with_context(|| format!("opening the blob folder {}", blob_dir.display()))?,
+            ),
+        };
         let storage = Storage::open(
             store.clone(),
             blobs,

@@ -93,6 +93,36 @@ pub struct StorageConfig {
     /// Longest lifetime of a signed URL.
     #[serde(deserialize_with = "duration")]
     pub max_sign_ttl: Duration,
+    /// Keep blobs in S3 instead of `dir`.
+    pub s3: Option<S3Config>,
+}
+
+/// An S3 (or S3-compatible) bucket for blobs. Credentials come from the standard
+/// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN`) variables.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    pub bucket: String,
+    pub endpoint: Option<String>,
+    #[serde(default = "default_region")]
+    pub region: String,
+    #[serde(default)]
+    pub path_style: bool,
+    #[serde(default)]
+    pub presign_downloads: bool,
+    /// Prefix of every blob's S3 key (e.g. `ferrobase/`).
+    #[serde(default)]
+    pub prefix: String,
+    /// Multipart part size in bytes (at least 5 MiB).
+    #[serde(default = "default_part_size")]
+    pub part_size: usize,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+fn default_part_size() -> usize {
+    8 * 1024 * 1024
 }
 
 impl Default for StorageConfig {
@@ -102,6 +132,7 @@ impl Default for StorageConfig {
             sweep_grace: Duration::from_secs(3600),
             sweep_interval: Duration::from_secs(600),
             max_sign_ttl: Duration::from_secs(7 * 24 * 3600),
+            s3: None,
         }
     }
 }
@@ -467,11 +498,23 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("FERROBASE_WECHAT_APP_ID", "auth.wechat.app_id"),
     ("FERROBASE_WECHAT_APP_SECRET", "auth.wechat.app_secret"),
     ("FERROBASE_WECHAT_API_BASE", "auth.wechat.api_base"),
+    ("FERROBASE_S3_BUCKET", "storage.s3.bucket"),
+    ("FERROBASE_S3_ENDPOINT", "storage.s3.endpoint"),
+    ("FERROBASE_S3_REGION", "storage.s3.region"),
+    ("FERROBASE_S3_PATH_STYLE", "storage.s3.path_style"),
+    (
+        "FERROBASE_S3_PRESIGN_DOWNLOADS",
+        "storage.s3.presign_downloads",
+    ),
+    ("FERROBASE_S3_PREFIX", "storage.s3.prefix"),
 ];
 
 fn kind_of(key: &str) -> Kind {
     match key {
-        "dev" | "database.group_commit" => Kind::Bool,
+        "dev"
+        | "database.group_commit"
+        | "storage.s3.path_style"
+        | "storage.s3.presign_downloads" => Kind::Bool,
         "database.max_connections" | "database.max_batch" => Kind::Int,
         _ => Kind::Text,
     }
@@ -487,6 +530,11 @@ pub struct Overrides {
     pub service_key: Option<String>,
     pub functions_dir: Option<PathBuf>,
     pub dev: bool,
+    pub s3_bucket: Option<String>,
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    pub s3_path_style: bool,
+    pub s3_presign_downloads: bool,
 }
 
 impl Config {
@@ -532,6 +580,29 @@ impl Config {
         if overrides.dev {
             set(&mut table, "dev", toml::Value::Boolean(true));
         }
+        for (key, value) in [
+            ("storage.s3.bucket", &overrides.s3_bucket),
+            ("storage.s3.endpoint", &overrides.s3_endpoint),
+            ("storage.s3.region", &overrides.s3_region),
+        ] {
+            if let Some(v) = value {
+                set(&mut table, key, text(v.clone()));
+            }
+        }
+        if overrides.s3_path_style {
+            set(
+                &mut table,
+                "storage.s3.path_style",
+                toml::Value::Boolean(true),
+            );
+        }
+        if overrides.s3_presign_downloads {
+            set(
+                &mut table,
+                "storage.s3.presign_downloads",
+                toml::Value::Boolean(true),
+            );
+        }
         let config: Config =
             toml::Value::Table(table)
                 .try_into()
@@ -565,6 +636,20 @@ impl Config {
         }
         if self.changes.prune_interval < Duration::from_millis(100) {
             problems.push("changes.prune_interval must be at least 100ms".to_owned());
+        }
+        if let Some(s3) = &self.storage.s3 {
+            if s3.bucket.is_empty() {
+                problems.push("storage.s3.bucket must name a bucket".to_owned());
+            }
+            if s3.part_size < 5 * 1024 * 1024 {
+                problems
+                    .push("storage.s3.part_size must be at least 5 MiB (S3's minimum)".to_owned());
+            }
+            if let Some(endpoint) = &s3.endpoint
+                && url::Url::parse(endpoint).is_err()
+            {
+                problems.push(format!("storage.s3.endpoint `{endpoint}` is not a URL"));
+            }
         }
         if self.storage.sweep_interval < Duration::from_millis(100) {
             problems.push("storage.sweep_interval must be at least 100ms".to_owned());

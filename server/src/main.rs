@@ -91,6 +91,21 @@ struct ServeArgs {
     /// Development mode.
     #[arg(long)]
     dev: bool,
+    /// Store objects in this S3 bucket instead of the data folder.
+    #[arg(long)]
+    s3_bucket: Option<String>,
+    /// S3 endpoint URL (default: AWS for the region).
+    #[arg(long)]
+    s3_endpoint: Option<String>,
+    /// S3 region.
+    #[arg(long)]
+    s3_region: Option<String>,
+    /// Address the S3 bucket by path (MinIO and most self-hosted S3).
+    #[arg(long)]
+    s3_path_style: bool,
+    /// Redirect downloads to short-lived presigned S3 URLs.
+    #[arg(long)]
+    s3_presign_downloads: bool,
 }
 
 fn overrides(common: CommonArgs) -> Overrides {
@@ -116,6 +131,11 @@ fn main() -> anyhow::Result<()> {
                     service_key: args.service_key,
                     functions_dir: args.functions_dir,
                     dev: args.dev,
+                    s3_bucket: args.s3_bucket,
+                    s3_endpoint: args.s3_endpoint,
+                    s3_region: args.s3_region,
+                    s3_path_style: args.s3_path_style,
+                    s3_presign_downloads: args.s3_presign_downloads,
                     ..overrides(args.common)
                 })?;
                 ferrobase::telemetry::init_logging(&config.log);

@@ -616,3 +616,79 @@ pub async fn mailed_token(s: &TestServer, to: &str, subject_contains: &str) -> O
         .find(|l| l.len() >= 40 && !l.contains(' '))
         .map(str::to_owned)
 }
+
+/// The S3 bucket storage tests use, on [`S3Server`].
+pub const S3_BUCKET: &str = "fb-blobs";
+const S3_ACCESS_KEY: &str = "fbtest";
+const S3_SECRET_KEY: &str = "fbtest-secret-key-0123";
+
+/// A real S3 protocol server on loopback (`s3s-fs`, installed by `.ci/run`) with one
+/// bucket, in a fresh folder.
+pub struct S3Server {
+    pub endpoint: String,
+    pub root: tempfile::TempDir,
+    _child: Child,
+}
+
+impl S3Server {
+    pub async fn start() -> S3Server {
+        let bin = std::env::var("FERROBASE_S3S_FS").unwrap_or_else(|_| {
+            let home = std::env::var("HOME").unwrap_or_default();
+            let installed = PathBuf::from(home).join(".cargo/bin/s3s-fs");
+            if installed.exists() {
+                installed.to_string_lossy().into_owned()
+            } else {
+                "s3s-fs".to_owned()
+            }
+        });
+        let root = tempfile::tempdir().expect("s3 root");
+        std::fs::create_dir_all(root.path().join(S3_BUCKET)).expect("bucket folder");
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+            l.local_addr().expect("addr").port()
+        };
+        let child = Command::new(&bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+            .arg(root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start `{bin}` ({e}); install it with \
+                     `cargo install s3s-fs --version 0.14.1 --features binary --locked`"
+                )
+            });
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "s3s-fs did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        S3Server {
+            endpoint,
+            root,
+            _child: child,
+        }
+    }
+
+    /// `options` with the server storing blobs here.
+    pub fn configure(&self, options: Options) -> Options {
+        options
+            .env("FERROBASE_S3_BUCKET", S3_BUCKET)
+            .env("FERROBASE_S3_ENDPOINT", &self.endpoint)
+            .env("FERROBASE_S3_PATH_STYLE", "true")
+            .env("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)
+    }
+
+    /// The blob files the S3 server holds.
+    pub fn blob_dir(&self) -> PathBuf {
+        self.root.path().join(S3_BUCKET).join("blobs")
+    }
+}

@@ -3,12 +3,14 @@
 //! committed (renamed) only once complete, so a blob id that exists is whole.
 //!
 //! - [`local::LocalBlobs`]: files under `<data dir>/storage` (the default).
+//! - [`s3::S3Blobs`]: an S3 bucket (AWS or S3-compatible).
 //!
 //! The storage domain records a blob in the database only after `put` returned, and deletes
 //! a replaced blob only after the database commit; the sweeper removes blobs no row names
 //! (a crash between the two steps) once they are older than a grace period.
 
 pub mod local;
+pub mod s3;
 
 use std::pin::Pin;
 use std::time::SystemTime;
@@ -65,6 +67,17 @@ pub trait Blobs: Send + Sync {
     async fn list(&self) -> Result<Vec<(String, SystemTime)>, Error>;
     /// Removes temporary files older than `before` (uploads a crash interrupted).
     async fn sweep_temp(&self, before: SystemTime) -> Result<u64, Error>;
+    /// A URL the client may download the blob from directly for `ttl`, served with these
+    /// headers; `None` when the store does not hand out such URLs.
+    async fn presign_get(
+        &self,
+        _id: &str,
+        _ttl: std::time::Duration,
+        _content_type: &str,
+        _disposition: &str,
+    ) -> Result<Option<String>, Error> {
+        Ok(None)
+    }
 }
 
 /// A blob id as the storage domain makes them: lower-case letters and digits only, so it

@@ -502,6 +502,25 @@ impl Storage {
         Ok(row)
     }
 
+    /// A short-lived direct download URL from the blob store (S3 with
+    /// `presign_downloads`), served with these headers.
+    pub async fn direct_url(
+        &self,
+        row: &ObjectRow,
+        content_type: &str,
+        disposition: &str,
+    ) -> Result<Option<String>, Error> {
+        Ok(self
+            .blobs
+            .presign_get(
+                &row.blob,
+                Duration::from_secs(300),
+                content_type,
+                disposition,
+            )
+            .await?)
+    }
+
     /// `len` bytes of an object from `start` (after `head`).
     pub async fn read(
         &self,
@@ -709,7 +728,13 @@ impl Storage {
     /// Removes blobs no object names (older than the grace period) and stale temp files.
     pub async fn sweep(&self) -> Result<u64, Error> {
         let before = SystemTime::now() - self.settings.sweep_grace;
-        let mut removed = self.blobs.sweep_temp(before).await?;
+        let mut removed = match self.blobs.sweep_temp(before).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "sweeping interrupted uploads failed");
+                0
+            }
+        };
         for (blob, written) in self.blobs.list().await? {
             if written < before && !self.store.storage().blob_in_use(&blob).await? {
                 self.blobs.delete(&blob).await?;
