@@ -802,6 +802,23 @@ async fn multipart_browser_upload(backend: Backend) {
     )
     .await;
     assert_eq!(bytes, png);
+    // Larger than axum's default 2 MB body limit: only the bucket's limit applies.
+    let big = vec![9u8; 3 << 20];
+    let (status, object) = s
+        .send(post(form(Some("big.png"), "big.png", "image/png", &big)))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{object}");
+    assert_eq!(object["size"], 3 << 20);
+    // The sign request itself stays small.
+    let huge = json!({"key": "x".repeat(100_000), "method": "GET"});
+    let response = s
+        .send(
+            s.req(Method::POST, "/v1/storage/avatars/sign")
+                .header("authorization", bearer(&alice))
+                .json(&huge),
+        )
+        .await;
+    assert_eq!(response.0, StatusCode::PAYLOAD_TOO_LARGE, "{}", response.1);
     assert_error(
         &s.send(post(form(Some("x.txt"), "x.txt", "text/plain", b"hi")))
             .await,

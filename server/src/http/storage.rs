@@ -25,6 +25,10 @@ const MAX_METADATA: usize = 8 * 1024;
 /// The object routes: a key may contain `/`, which utoipa's router cannot express, so
 /// they are plain axum routes documented through [`StorageDoc`].
 pub fn object_routes() -> Router<AppState> {
+    use axum::extract::DefaultBodyLimit;
+    use axum::handler::Handler as _;
+    // Bodies are streamed and limited by the bucket's `max_size`; the sign request is small.
+    let sign = sign_url.layer(DefaultBodyLimit::max(64 * 1024));
     Router::new()
         .route("/v1/storage/{bucket}", get(list_objects).post(post_object))
         .route(
@@ -33,7 +37,7 @@ pub fn object_routes() -> Router<AppState> {
                 .head(get_sign_named)
                 .put(put_sign_named)
                 .delete(delete_sign_named)
-                .post(sign_url),
+                .post(sign),
         )
         .route(
             "/v1/storage/{bucket}/{*key}",
@@ -42,6 +46,7 @@ pub fn object_routes() -> Router<AppState> {
                 .put(put_object)
                 .delete(delete_object),
         )
+        .layer(DefaultBodyLimit::disable())
 }
 
 /// The OpenAPI description of the object routes.

@@ -21,6 +21,9 @@ pub mod close {
     pub const OVERFLOW: u16 = 4008;
 }
 
+/// Longest wait for room in the outbox while replaying or sending a snapshot.
+const PUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What the socket writer sends.
 #[derive(Debug)]
 pub enum Out {
@@ -90,11 +93,21 @@ impl Conn {
 
     /// Queues a frame, waiting for room (the connection's own task only: replays and
     /// snapshots it produces itself, so waiting applies back-pressure to that task alone).
+    /// A peer that takes no frame for [`PUSH_WAIT`] is treated as a slow consumer (4008).
     pub async fn push_wait(&self, frame: String) -> bool {
         if self.is_closing() {
             return false;
         }
-        self.tx.send(Out::Text(frame)).await.is_ok()
+        tokio::select! {
+            sent = tokio::time::timeout(PUSH_WAIT, self.tx.send(Out::Text(frame))) => match sent {
+                Ok(result) => result.is_ok(),
+                Err(_) => {
+                    self.close(close::OVERFLOW, "the connection stopped reading; resume from your last seq");
+                    false
+                }
+            },
+            _ = self.closed() => false,
+        }
     }
 
     /// Asks the writer to close the socket with `code` (the first request wins).
