@@ -112,6 +112,7 @@ impl App {
                 sweep_grace: config.storage.sweep_grace,
                 sweep_interval: config.storage.sweep_interval,
                 max_sign_ttl: config.storage.max_sign_ttl,
+                body_idle_timeout: config.storage.body_idle_timeout,
             },
         )
         .await

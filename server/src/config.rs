@@ -93,6 +93,9 @@ pub struct StorageConfig {
     /// Longest lifetime of a signed URL.
     #[serde(deserialize_with = "duration")]
     pub max_sign_ttl: Duration,
+    /// An upload body that sends nothing for this long is abandoned (400).
+    #[serde(deserialize_with = "duration")]
+    pub body_idle_timeout: Duration,
     /// Keep blobs in S3 instead of `dir`.
     pub s3: Option<S3Config>,
 }
@@ -132,6 +135,7 @@ impl Default for StorageConfig {
             sweep_grace: Duration::from_secs(3600),
             sweep_interval: Duration::from_secs(600),
             max_sign_ttl: Duration::from_secs(7 * 24 * 3600),
+            body_idle_timeout: Duration::from_secs(60),
             s3: None,
         }
     }

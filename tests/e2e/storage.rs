@@ -851,7 +851,7 @@ async fn interrupted_and_crashed_uploads_leave_nothing(backend: Backend, store: 
     let mut f = Fixture::start(
         backend,
         store,
-        "[storage]\nsweep_grace = \"1s\"\nsweep_interval = \"200ms\"\n",
+        "[storage]\nsweep_grace = \"1s\"\nsweep_interval = \"200ms\"\nbody_idle_timeout = \"1s\"\n",
     )
     .await;
     bucket(&f.s, json!({"name": "b"})).await;
@@ -885,8 +885,22 @@ async fn interrupted_and_crashed_uploads_leave_nothing(backend: Backend, store: 
             "not_found",
         );
     }
+    // A client that stalls mid-body with the connection open is answered and dropped.
+    let mut stalled = partial("stalled", 100_000).await;
+    let mut response = Vec::new();
+    let read =
+        tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut response)).await;
+    assert!(read.is_ok(), "a stalled upload was kept waiting");
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+    assert_error(
+        &f.s.svc_get("/v1/storage/b/stalled").await,
+        404,
+        "not_found",
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(f.blob_count(), 0);
+    assert!(files(&temp_dir).is_empty());
 
     // SIGKILL mid-upload, then a restart: the half-written temp file is swept, no row.
     let mut stream = partial("crash", 100_000).await;

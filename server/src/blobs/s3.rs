@@ -134,23 +134,7 @@ impl S3Blobs {
                 if ended {
                     break;
                 }
-                while buffer.len() < self.part_size {
-                    match body.next().await {
-                        Some(chunk) => {
-                            let chunk = chunk.map_err(|e| Error::Body(e.to_string()))?;
-                            *size += chunk.len() as u64;
-                            if *size > limit {
-                                return Err(Error::TooLarge { limit });
-                            }
-                            hasher.update(&chunk);
-                            buffer.extend_from_slice(&chunk);
-                        }
-                        None => {
-                            ended = true;
-                            break;
-                        }
-                    }
-                }
+                ended = fill(body, &mut buffer, self.part_size, limit, hasher, size).await?;
                 if !buffer.is_empty() {
                     pending = Some(buffer.split().freeze());
                 }
@@ -185,6 +169,31 @@ impl S3Blobs {
     }
 }
 
+/// Reads `body` into `buffer` until it holds `part_size` bytes or the body ends (true),
+/// counting and hashing; past `limit` bytes in all, `TooLarge`.
+async fn fill(
+    body: &mut ByteStream<'_>,
+    buffer: &mut BytesMut,
+    part_size: usize,
+    limit: u64,
+    hasher: &mut Sha256,
+    size: &mut u64,
+) -> Result<bool, Error> {
+    while buffer.len() < part_size {
+        let Some(chunk) = body.next().await else {
+            return Ok(true);
+        };
+        let chunk = chunk.map_err(|e| Error::Body(e.to_string()))?;
+        *size += chunk.len() as u64;
+        if *size > limit {
+            return Err(Error::TooLarge { limit });
+        }
+        hasher.update(&chunk);
+        buffer.extend_from_slice(&chunk);
+    }
+    Ok(false)
+}
+
 #[async_trait]
 impl Blobs for S3Blobs {
     async fn put(&self, id: &str, mut body: ByteStream<'_>, limit: u64) -> Result<Stored, Error> {
@@ -192,24 +201,15 @@ impl Blobs for S3Blobs {
         let mut hasher = Sha256::new();
         let mut size: u64 = 0;
         let mut buffer = BytesMut::with_capacity(self.part_size.min(1 << 20));
-        let mut ended = false;
-        while buffer.len() < self.part_size {
-            match body.next().await {
-                Some(chunk) => {
-                    let chunk = chunk.map_err(|e| Error::Body(e.to_string()))?;
-                    size += chunk.len() as u64;
-                    if size > limit {
-                        return Err(Error::TooLarge { limit });
-                    }
-                    hasher.update(&chunk);
-                    buffer.extend_from_slice(&chunk);
-                }
-                None => {
-                    ended = true;
-                    break;
-                }
-            }
-        }
+        let ended = fill(
+            &mut body,
+            &mut buffer,
+            self.part_size,
+            limit,
+            &mut hasher,
+            &mut size,
+        )
+        .await?;
         if ended {
             self.client
                 .put_object()

@@ -114,6 +114,8 @@ pub struct Settings {
     pub sweep_interval: Duration,
     /// Longest `expires_in` of a signed URL.
     pub max_sign_ttl: Duration,
+    /// An upload whose body sends nothing for this long is abandoned.
+    pub body_idle_timeout: Duration,
 }
 
 pub struct Storage {
@@ -370,7 +372,8 @@ impl Storage {
             }
         }
         let blob = crate::util::id::new_id();
-        let stored = self.blobs.put(&blob, upload.body, limit).await?;
+        let body = idle_limited(upload.body, self.settings.body_idle_timeout);
+        let stored = self.blobs.put(&blob, body, limit).await?;
         let outcome = self
             .commit_upload(
                 &actor,
@@ -395,6 +398,12 @@ impl Storage {
             }
             Err(e) => {
                 let _ = self.blobs.delete(&blob).await;
+                // The bucket was deleted while the body streamed in (its row is gone, so
+                // the object row could not reference it).
+                if matches!(e, Error::Internal(_)) {
+                    self.reload().await?;
+                    self.bucket(bucket_name)?;
+                }
                 Err(e)
             }
         }
@@ -757,6 +766,28 @@ impl Storage {
             }
         }
     }
+}
+
+/// Ends `body` with an error when it sends nothing for `idle` (a stalled client must not
+/// hold an upload, its temp file and its connection forever).
+fn idle_limited(body: ByteStream<'_>, idle: Duration) -> ByteStream<'_> {
+    Box::pin(futures_util::stream::unfold(
+        Some(body),
+        move |state| async move {
+            let mut body = state?;
+            match tokio::time::timeout(idle, futures_util::StreamExt::next(&mut body)).await {
+                Ok(Some(item)) => Some((item, Some(body))),
+                Ok(None) => None,
+                Err(_) => Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no data for {}", humantime::format_duration(idle)),
+                    )),
+                    None,
+                )),
+            }
+        },
+    ))
 }
 
 enum Deleted {
