@@ -1005,6 +1005,27 @@ async fn buckets_are_declared_and_validated(backend: Backend) {
         404,
         "bucket_not_found",
     );
+    // A bucket deleted while an upload streams into it: the upload answers 404.
+    bucket(&s, json!({"name": "doomed"})).await;
+    let addr = s.url.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "PUT /v1/storage/doomed/x HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {SERVICE_KEY}\r\nContent-Length: 20000\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&[1u8; 10_000]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, _) = s
+        .send(s.svc(Method::DELETE, "/v1/admin/buckets/doomed"))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    stream.write_all(&[1u8; 10_000]).await.unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await;
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 404"), "{response}");
+    assert!(response.contains("bucket_not_found"), "{response}");
+
     // The object named `sign` is an object like any other.
     bucket(&s, json!({"name": "plain"})).await;
     let (status, _) = put(&s, "/v1/storage/plain/sign", b"signed?".to_vec(), &[]).await;
