@@ -500,6 +500,11 @@ async fn signed_urls_work_until_tampered_or_expired(backend: Backend, store: Blo
         fetch(url.clone()).await,
         (StatusCode::OK, "pdf bytes".to_owned())
     );
+    // Extra query parameters (a cache buster) do not break a link.
+    assert_eq!(
+        fetch(format!("{url}&v=2")).await,
+        (StatusCode::OK, "pdf bytes".to_owned())
+    );
 
     // Tampering with any part fails.
     let expires = signed["expires_at"].as_i64().unwrap();

@@ -94,9 +94,9 @@ fn post_object_doc() {}
 #[allow(dead_code)]
 fn sign_url_doc() {}
 
-/// A signed URL's query parameters.
+/// A signed URL's query parameters (other parameters, such as a cache buster, are
+/// ignored: downloads are often linked with extra ones).
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct SignedParams {
     expires: Option<i64>,
     signer: Option<String>,

@@ -116,7 +116,6 @@ impl Conn {
         if slot.is_none() {
             *slot = Some((code, reason.to_owned()));
             self.closed.notify_waiters();
-            self.closed.notify_one();
         }
     }
 
@@ -127,7 +126,10 @@ impl Conn {
     /// Resolves once [`Conn::close`] was called, with the code and reason.
     pub async fn closed(&self) -> (u16, String) {
         loop {
+            // Registered before the check, so a close in between is not missed.
             let notified = self.closed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             if let Some(close) = self
                 .closing
                 .lock()
