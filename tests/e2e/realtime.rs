@@ -334,7 +334,7 @@ async fn rules_decide_per_event_and_per_caller(backend: Backend) {
         .svc_json(
             Method::PATCH,
             "/v1/admin/collections/notes",
-            json!({"rules": {"get": "true"}}),
+            json!({"rules": {"get": "true", "list": "true"}}),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -351,6 +351,54 @@ async fn rules_decide_per_event_and_per_caller(backend: Backend) {
         let event = ws.expect("event").await;
         assert_eq!(event["doc"]["text"], "now public by rule", "{event}");
     }
+
+    // A collection subscription is a live list: without a `list` rule it is refused, and a
+    // `list` rule narrower than `get` narrows it; a one-document subscription needs `get`.
+    s.collection("getonly", json!({"rules": {"get": "true"}}))
+        .await;
+    anon.send(json!({"type": "subscribe", "id": "g", "collection": "getonly"}))
+        .await;
+    assert_eq!(anon.expect("error").await["code"], "forbidden");
+    anon.subscribe(json!({"id": "g1", "collection": "getonly", "doc_id": "one"}))
+        .await;
+    s.create("getonly", json!({"_id": "one"})).await;
+    assert_eq!(anon.expect("event").await["id"], "g1");
+    s.collection(
+        "narrow",
+        json!({"rules": {"get": "true", "list": "doc.public == true"}}),
+    )
+    .await;
+    anon.subscribe(json!({"id": "n1", "collection": "narrow"}))
+        .await;
+    anon.subscribe(json!({"id": "n2", "collection": "narrow", "doc_id": "hidden"}))
+        .await;
+    s.create("narrow", json!({"_id": "hidden", "public": false}))
+        .await;
+    assert_eq!(anon.expect("event").await["id"], "n2");
+    s.create("narrow", json!({"_id": "shown", "public": true}))
+        .await;
+    assert_eq!(anon.expect("event").await["id"], "n1");
+    anon.silent(Duration::from_millis(200)).await;
+
+    // A failed re-auth leaves the connection anonymous, not signed in as before: alice's
+    // signed-in subscription is suspended and hears nothing.
+    a.send(json!({"type": "auth", "token": "not.a.token"}))
+        .await;
+    assert_eq!(a.expect("error").await["code"], "unauthenticated");
+    let (status, _) = s
+        .send(write(
+            &alice,
+            Method::POST,
+            "/v1/db/notes",
+            json!({"text": "after the bad token", "public": false}),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(
+        anon.expect("event").await["doc"]["text"],
+        "after the bad token"
+    );
+    a.silent(Duration::from_millis(300)).await;
 }
 
 async fn where_and_doc_id_give_enter_and_leave(backend: Backend) {
@@ -599,7 +647,11 @@ async fn expired_sign_in_suspends_and_resumes(backend: Backend) {
         .await;
     s.collection(
         "mine",
-        json!({"rules": {"get": "auth != null && doc._owner == auth.id", "create": "auth != null"}}),
+        json!({"rules": {
+            "get": "auth != null && doc._owner == auth.id",
+            "list": "auth != null && doc._owner == auth.id",
+            "create": "auth != null",
+        }}),
     )
     .await;
     let session = signup(&s, "expiring@example.com").await;

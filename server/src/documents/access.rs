@@ -97,6 +97,27 @@ impl Access {
         if allow { Ok(()) } else { Err(Error::NotFound) }
     }
 
+    /// Would a list by `caller` include this document? The `list` rule evaluated on one
+    /// document (realtime: a collection subscription sees what a list would show).
+    pub fn listable(&self, caller: &Caller, collection: &Collection, doc: &Document) -> bool {
+        if caller.is_privileged() {
+            return true;
+        }
+        let Some(rule) = collection.rules.get(Operation::List) else {
+            return false;
+        };
+        match rule.constant() {
+            Some(allow) => allow,
+            None => {
+                let vars = Vars {
+                    doc: Some(rule.doc_value(doc)),
+                    ..Vars::for_caller(caller)
+                };
+                rule.evaluate(&vars).allow
+            }
+        }
+    }
+
     /// The filter a caller's queries are restricted to (AND-ed to theirs).
     pub fn list_filter(&self, caller: &Caller, collection: &Collection) -> Result<Filter, Error> {
         if caller.is_privileged() {

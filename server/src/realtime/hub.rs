@@ -116,7 +116,11 @@ impl Sub {
         {
             return false;
         }
-        self.filter.matches(doc) && access.check_get(caller, coll, doc).is_ok()
+        // A whole-collection subscription is a live list: it shows what both a list and a
+        // get would; a one-document subscription what a get would.
+        self.filter.matches(doc)
+            && access.check_get(caller, coll, doc).is_ok()
+            && (self.doc_id.is_some() || access.listable(caller, coll, doc))
     }
 
     /// The frame for one change, if this subscription sees it.
@@ -141,6 +145,7 @@ impl Sub {
                 let readable = change.after.as_ref().is_some_and(|(d, _)| {
                     self.doc_id.as_ref().is_none_or(|id| *id == d.id)
                         && access.check_get(&caller, coll, d).is_ok()
+                        && (self.doc_id.is_some() || access.listable(&caller, coll, d))
                 });
                 if readable {
                     ("leave", after_text(change)?)

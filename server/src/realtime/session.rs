@@ -185,18 +185,32 @@ impl Session {
                 self.token = Some(token);
                 self.resume_suspended().await;
             }
-            Err(crate::auth::Error::TokenExpired) => self.send_error(
-                None,
-                Fail(
-                    "auth_expired",
-                    "the access token has expired; refresh it".into(),
-                ),
-            ),
+            // A failed sign-in never leaves the connection at its previous identity: it
+            // becomes anonymous (signed-in subscriptions are suspended until a valid `auth`).
+            Err(crate::auth::Error::TokenExpired) => {
+                self.sign_out();
+                self.send_error(
+                    None,
+                    Fail(
+                        "auth_expired",
+                        "the access token has expired; refresh it".into(),
+                    ),
+                )
+            }
             Err(crate::auth::Error::Unavailable(_)) => self.send_error(
                 None,
                 Fail("unavailable", "the database is unavailable; retry".into()),
             ),
-            Err(_) => self.send_error(None, Fail("unauthenticated", "invalid token".into())),
+            Err(_) => {
+                self.sign_out();
+                self.send_error(
+                    None,
+                    Fail(
+                        "unauthenticated",
+                        "invalid token; the connection is now anonymous".into(),
+                    ),
+                )
+            }
         }
     }
 
@@ -368,7 +382,8 @@ impl Session {
             .hub
             .access()
             .precheck(&caller, &coll, Operation::Get)?;
-        if snapshot {
+        // Watching a whole collection is a live list: it needs a `list` rule too.
+        if snapshot || spec.doc_id.is_none() {
             self.rt
                 .hub
                 .access()
