@@ -144,10 +144,14 @@ async fn write_loop(
     mut outbox: mpsc::Receiver<Out>,
     conn: std::sync::Arc<Conn>,
 ) {
+    // One close future for the connection's life: a new one per frame would register and
+    // unregister a waiter for every frame sent.
+    let closed = conn.closed();
+    tokio::pin!(closed);
     loop {
         tokio::select! {
             biased;
-            (code, reason) = conn.closed() => {
+            (code, reason) = &mut closed => {
                 let _ = sink
                     .send(Message::Close(Some(CloseFrame { code, reason: reason.into() })))
                     .await;
