@@ -381,7 +381,7 @@ pub async fn realtime(args: RealtimeArgs) -> anyhow::Result<()> {
             label: String::new(),
             scenarios: String::new(),
             config: format!(
-                "[realtime]\nsend_queue = 4096\n[collections.feed.rules]\nget = {}\nlist = \"true\"\n",
+                "[realtime]\nsend_queue = 4096\nmax_connections_per_ip = 100000\n[collections.feed.rules]\nget = {}\nlist = \"true\"\n",
                 serde_json::to_string(&args.rule)?
             ),
             env: Vec::new(),

@@ -153,6 +153,8 @@ pub struct RealtimeConfig {
     pub max_frame: usize,
     /// Most channels one connection may join.
     pub max_channels: usize,
+    /// Most open connections from one client address (429 beyond).
+    pub max_connections_per_ip: usize,
     /// The server pings this often; a peer silent for three intervals is closed.
     #[serde(deserialize_with = "duration")]
     pub ping_interval: Duration,
@@ -186,6 +188,7 @@ impl Default for RealtimeConfig {
             max_subscriptions: 100,
             max_frame: 64 * 1024,
             max_channels: 20,
+            max_connections_per_ip: 1000,
             ping_interval: Duration::from_secs(20),
             node_heartbeat: Duration::from_secs(5),
             channels: ChannelsConfig::default(),
@@ -672,9 +675,13 @@ impl Config {
             }
         }
         let rt = &self.realtime;
-        if rt.send_queue < 8 || rt.max_subscriptions == 0 || rt.max_channels == 0 {
+        if rt.send_queue < 8
+            || rt.max_subscriptions == 0
+            || rt.max_channels == 0
+            || rt.max_connections_per_ip == 0
+        {
             problems.push(
-                "realtime: send_queue must be at least 8, max_subscriptions and max_channels at least 1"
+                "realtime: send_queue must be at least 8; max_subscriptions, max_channels and max_connections_per_ip at least 1"
                     .to_owned(),
             );
         }

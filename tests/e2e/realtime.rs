@@ -761,7 +761,11 @@ async fn channels_presence_and_broadcast(backend: Backend) {
 }
 
 async fn fan_out_to_a_thousand_subscribers(backend: Backend) {
-    let s = TestServer::start(backend).await;
+    // Every test client is 127.0.0.1: lift the per-address cap above the 1 000 sockets.
+    let s = Options::new(backend)
+        .config("[realtime]\nmax_connections_per_ip = 5000\n")
+        .start()
+        .await;
     public_collection(&s, "feed").await;
     let mut clients = Vec::new();
     for _ in 0..1000 {
@@ -955,4 +959,29 @@ async fn two_nodes_share_events_presence_and_broadcasts() {
     ub.close().await;
     let left = ua.expect("presence").await;
     assert_eq!(left["leaves"][0]["presence"]["node"], "b");
+}
+
+/// One address may hold at most `realtime.max_connections_per_ip` sockets; a closed one
+/// frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_address_are_capped() {
+    let s = Options::new(Backend::Sqlite)
+        .config("[realtime]\nmax_connections_per_ip = 2\n")
+        .start()
+        .await;
+    let first = Ws::connect(&s).await;
+    let _second = Ws::connect(&s).await;
+    let url = format!("{}/v1/realtime", s.url.replace("http://", "ws://"));
+    match tokio_tungstenite::connect_async(url.clone()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 429);
+        }
+        other => panic!("a third connection was accepted: {:?}", other.map(|_| ())),
+    }
+    first.close().await;
+    crate::helpers::eventually(Duration::from_secs(5), || {
+        let url = url.clone();
+        async move { tokio_tungstenite::connect_async(url).await.ok().map(|_| ()) }
+    })
+    .await;
 }

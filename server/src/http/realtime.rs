@@ -45,6 +45,14 @@ pub async fn realtime(
             .into_response();
         }
     };
+    let Some(slot) = app.realtime.admit(client.ip) else {
+        return ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many realtime connections from this address",
+        )
+        .into_response();
+    };
     // A bearer token at the upgrade counts as the first `auth` frame.
     let token = headers
         .get(AUTHORIZATION)
@@ -61,7 +69,10 @@ pub async fn realtime(
         .write_buffer_size(0)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| run(app, socket, client.ip, token))
+        .on_upgrade(move |socket| async move {
+            run(app, socket, client.ip, token).await;
+            drop(slot);
+        })
 }
 
 async fn run(app: AppState, socket: WebSocket, ip: std::net::IpAddr, token: Option<String>) {

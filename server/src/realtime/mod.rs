@@ -43,6 +43,25 @@ pub struct Realtime {
     broadcast_rule: Option<Rule>,
     stop: watch::Receiver<bool>,
     connections: AtomicUsize,
+    per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// A connection's place in its address's quota; freed on drop.
+pub struct IpSlot {
+    rt: Arc<Realtime>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut map = self.rt.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl Realtime {
@@ -83,6 +102,7 @@ impl Realtime {
             broadcast_rule,
             stop,
             connections: AtomicUsize::new(0),
+            per_ip: std::sync::Mutex::new(std::collections::HashMap::new()),
         });
         Ok((realtime, tasks))
     }
@@ -94,6 +114,20 @@ impl Realtime {
     /// Resolves when the server begins to shut down.
     pub fn stopping(&self) -> watch::Receiver<bool> {
         self.stop.clone()
+    }
+
+    /// Takes a place in `ip`'s connection quota, or `None` when it is full.
+    pub fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<IpSlot> {
+        let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let open = map.entry(ip).or_insert(0);
+        if *open >= self.config.max_connections_per_ip {
+            return None;
+        }
+        *open += 1;
+        Some(IpSlot {
+            rt: self.clone(),
+            ip,
+        })
     }
 
     /// A session for a new connection.
