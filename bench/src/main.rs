@@ -161,13 +161,7 @@ impl Server {
 
     /// Resident memory of the server process, in KiB.
     fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
+        proc_rss_kib(self.pid)
     }
 
     async fn stop(mut self) {
@@ -180,6 +174,16 @@ impl Server {
             );
         }
     }
+}
+
+/// Resident memory of a process, in KiB.
+fn proc_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// User + system CPU time of a process so far.

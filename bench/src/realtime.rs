@@ -421,7 +421,7 @@ pub async fn realtime(args: RealtimeArgs) -> anyhow::Result<()> {
             let (mut child, url, pid, _dir) = start_pocketbase(pb).await?;
             let token = pocketbase_setup(&url).await?;
             let target = Target::PocketBase { url, token };
-            let rss = move || proc_rss_kib(pid);
+            let rss = move || crate::proc_rss_kib(pid);
             let cpu = move || crate::proc_cpu(pid);
             let rows = measure(&target, &rss, &cpu, count, &args).await?;
             println!("{}", rows[0]);
@@ -440,15 +440,6 @@ pub async fn realtime(args: RealtimeArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-pub(crate) fn proc_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 async fn start_pocketbase(

@@ -183,7 +183,7 @@ async fn big_stream(server: &Server, mib: usize) -> anyhow::Result<(f64, f64)> {
         let (peak, sampling, pid) = (peak.clone(), sampling.clone(), server.pid);
         tokio::spawn(async move {
             while sampling.load(Ordering::Relaxed) {
-                peak.fetch_max(crate::realtime::proc_rss_kib(pid), Ordering::Relaxed);
+                peak.fetch_max(crate::proc_rss_kib(pid), Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })

@@ -84,16 +84,10 @@ impl Access {
             return Ok(());
         }
         let rule = self.rule(caller, collection, Operation::Get)?;
-        let allow = match rule.constant() {
-            Some(allow) => allow,
-            None => {
-                let vars = Vars {
-                    doc: Some(rule.doc_value(doc)),
-                    ..Vars::for_caller(caller)
-                };
-                rule.evaluate(&vars).allow
-            }
-        };
+        let allow = rule.allows(|| Vars {
+            doc: Some(rule.doc_value(doc)),
+            ..Vars::for_caller(caller)
+        });
         if allow { Ok(()) } else { Err(Error::NotFound) }
     }
 
@@ -106,16 +100,10 @@ impl Access {
         let Some(rule) = collection.rules.get(Operation::List) else {
             return false;
         };
-        match rule.constant() {
-            Some(allow) => allow,
-            None => {
-                let vars = Vars {
-                    doc: Some(rule.doc_value(doc)),
-                    ..Vars::for_caller(caller)
-                };
-                rule.evaluate(&vars).allow
-            }
-        }
+        rule.allows(|| Vars {
+            doc: Some(rule.doc_value(doc)),
+            ..Vars::for_caller(caller)
+        })
     }
 
     /// The filter a caller's queries are restricted to (AND-ed to theirs).

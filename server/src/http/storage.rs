@@ -32,19 +32,12 @@ pub fn object_routes() -> Router<AppState> {
     Router::new()
         .route("/v1/storage/{bucket}", get(list_objects).post(post_object))
         .route(
-            "/v1/storage/{bucket}/sign",
-            get(get_sign_named)
-                .head(get_sign_named)
-                .put(put_sign_named)
-                .delete(delete_sign_named)
-                .post(sign),
-        )
-        .route(
             "/v1/storage/{bucket}/{*key}",
             get(get_object)
                 .head(get_object)
                 .put(put_object)
-                .delete(delete_object),
+                .delete(delete_object)
+                .post(sign),
         )
         .layer(DefaultBodyLimit::disable())
 }
@@ -149,40 +142,9 @@ impl ActorOwned {
     }
 }
 
-async fn put_sign_named(
-    state: State<AppState>,
-    PathParams(bucket): PathParams<String>,
-    request: Request,
-) -> Result<Response, ApiError> {
-    put_inner(state.0, bucket, "sign".into(), request).await
-}
-async fn get_sign_named(
-    state: State<AppState>,
-    PathParams(bucket): PathParams<String>,
-    request: Request,
-) -> Result<Response, ApiError> {
-    get_inner(state.0, bucket, "sign".into(), request).await
-}
-async fn delete_sign_named(
-    state: State<AppState>,
-    PathParams(bucket): PathParams<String>,
-    request: Request,
-) -> Result<Response, ApiError> {
-    delete_inner(state.0, bucket, "sign".into(), request).await
-}
-
 async fn put_object(
     State(app): State<AppState>,
     PathParams((bucket, key)): PathParams<(String, String)>,
-    request: Request,
-) -> Result<Response, ApiError> {
-    put_inner(app, bucket, key, request).await
-}
-
-async fn put_inner(
-    app: AppState,
-    bucket: String,
-    key: String,
     request: Request,
 ) -> Result<Response, ApiError> {
     let key = parse_key(&key)?;
@@ -313,15 +275,6 @@ async fn post_object(
 async fn get_object(
     State(app): State<AppState>,
     PathParams((bucket, key)): PathParams<(String, String)>,
-    request: Request,
-) -> Result<Response, ApiError> {
-    get_inner(app, bucket, key, request).await
-}
-
-async fn get_inner(
-    app: AppState,
-    bucket: String,
-    key: String,
     request: Request,
 ) -> Result<Response, ApiError> {
     let key = parse_key(&key)?;
@@ -532,15 +485,6 @@ async fn delete_object(
     PathParams((bucket, key)): PathParams<(String, String)>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    delete_inner(app, bucket, key, request).await
-}
-
-async fn delete_inner(
-    app: AppState,
-    bucket: String,
-    key: String,
-    request: Request,
-) -> Result<Response, ApiError> {
     let key = parse_key(&key)?;
     let (mut parts, _) = request.into_parts();
     let actor = actor_for(&app, &mut parts, "DELETE", &bucket, &key).await?;
@@ -588,12 +532,27 @@ struct SignInput {
     expires_in: Option<u64>,
 }
 
+/// `POST /v1/storage/{bucket}/sign`. It shares the object route (an object may be named
+/// `sign` and is read, written and deleted like any other); other keys take no POST.
 async fn sign_url(
     State(app): State<AppState>,
-    PathParams(bucket): PathParams<String>,
-    CallerAuth(caller): CallerAuth,
-    Json(input): Json<SignInput>,
-) -> Result<axum::Json<Value>, ApiError> {
+    PathParams((bucket, path)): PathParams<(String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    if path != "sign" {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route does not accept that method",
+        ));
+    }
+    let (mut parts, body) = request.into_parts();
+    let CallerAuth(caller) = {
+        use axum::extract::FromRequestParts;
+        CallerAuth::from_request_parts(&mut parts, &app).await?
+    };
+    let Json(input) =
+        Json::<SignInput>::from_request(Request::from_parts(parts, body), &app).await?;
     let key = parse_key(&input.key)?;
     let ttl = std::time::Duration::from_secs(input.expires_in.unwrap_or(3600));
     let (url, expires) = app
@@ -608,7 +567,8 @@ async fn sign_url(
         .await?;
     Ok(axum::Json(
         json!({ "url": url, "method": input.method.to_ascii_uppercase(), "expires_at": expires }),
-    ))
+    )
+    .into_response())
 }
 
 // ---- admin: buckets ----

@@ -154,9 +154,18 @@ impl Rule {
     }
 
     /// The verdict of a rule that reads no variable (`true`, `false`), known without
-    /// evaluating; callers skip building variables for it.
+    /// evaluating.
     pub fn constant(&self) -> Option<bool> {
         self.constant
+    }
+
+    /// Whether the rule allows, building the variables only when the verdict depends on
+    /// them (a constant rule costs nothing per check).
+    pub fn allows(&self, vars: impl FnOnce() -> Vars) -> bool {
+        match self.constant {
+            Some(allow) => allow,
+            None => self.evaluate(&vars()).allow,
+        }
     }
 
     /// Evaluates the rule with the given variables (JSON; absent ones are not bound).

@@ -308,21 +308,23 @@ impl Storage {
         }
     }
 
-    fn allows(&self, caller: &Caller, bucket: &Bucket, op: Op, object: Value) -> bool {
+    /// `object` is built only if the rule reads it.
+    fn allows(
+        &self,
+        caller: &Caller,
+        bucket: &Bucket,
+        op: Op,
+        object: impl FnOnce() -> Value,
+    ) -> bool {
         if caller.is_privileged() {
             return true;
         }
-        let Some(rule) = bucket.rule(op) else {
-            return false;
-        };
-        if let Some(constant) = rule.constant() {
-            return constant;
-        }
-        rule.evaluate(&Vars {
-            object: Some(object),
-            ..Vars::for_caller(caller)
+        bucket.rule(op).is_some_and(|rule| {
+            rule.allows(|| Vars {
+                object: Some(object()),
+                ..Vars::for_caller(caller)
+            })
         })
-        .allow
     }
 
     // ---- objects ----
@@ -357,13 +359,15 @@ impl Storage {
         let key = upload.key.as_str().to_owned();
         if let Actor::Caller(caller) = &actor {
             // Before the bytes: what is known now (the size only if declared).
-            let object = object_value(
-                &key,
-                upload.declared_size,
-                &upload.content_type,
-                &metadata,
-                owner.as_deref(),
-            );
+            let object = || {
+                object_value(
+                    &key,
+                    upload.declared_size,
+                    &upload.content_type,
+                    &metadata,
+                    owner.as_deref(),
+                )
+            };
             if !self.allows(caller, &bucket, Op::Write, object) {
                 return Err(Error::Forbidden(format!(
                     "the `write` rule of bucket `{}` denied this upload",
@@ -423,13 +427,15 @@ impl Storage {
     ) -> Result<(ObjectRow, Option<ObjectRow>), Error> {
         if let Actor::Caller(caller) = actor {
             // The authoritative check, with the real size.
-            let object = object_value(
-                key,
-                Some(stored.size),
-                &content_type,
-                &metadata,
-                owner.as_deref(),
-            );
+            let object = || {
+                object_value(
+                    key,
+                    Some(stored.size),
+                    &content_type,
+                    &metadata,
+                    owner.as_deref(),
+                )
+            };
             if !self.allows(caller, bucket, Op::Write, object) {
                 return Err(Error::Forbidden(format!(
                     "the `write` rule of bucket `{}` denied this upload",
@@ -497,14 +503,9 @@ impl Storage {
     ) -> Result<ObjectRow, Error> {
         let bucket = self.bucket(bucket_name)?;
         self.precheck(&actor, &bucket, Op::Read)?;
-        let row = self
-            .store
-            .storage()
-            .get_object(&bucket.name, key.as_str())
-            .await?
-            .ok_or(Error::NotFound)?;
+        let row = self.stored(&bucket, key).await?;
         if let Actor::Caller(caller) = &actor
-            && !self.allows(caller, &bucket, Op::Read, row_value(&row))
+            && !self.allows(caller, &bucket, Op::Read, || row_value(&row))
         {
             return Err(Error::NotFound);
         }
@@ -530,6 +531,14 @@ impl Storage {
             .await?)
     }
 
+    async fn stored(&self, bucket: &Bucket, key: &ObjectKey) -> Result<ObjectRow, Error> {
+        self.store
+            .storage()
+            .get_object(&bucket.name, key.as_str())
+            .await?
+            .ok_or(Error::NotFound)
+    }
+
     /// `len` bytes of an object from `start` (after `head`).
     pub async fn read(
         &self,
@@ -548,14 +557,9 @@ impl Storage {
     ) -> Result<(), Error> {
         let bucket = self.bucket(bucket_name)?;
         self.precheck(&actor, &bucket, Op::Delete)?;
-        let row = self
-            .store
-            .storage()
-            .get_object(&bucket.name, key.as_str())
-            .await?
-            .ok_or(Error::NotFound)?;
+        let row = self.stored(&bucket, key).await?;
         if let Actor::Caller(caller) = &actor
-            && !self.allows(caller, &bucket, Op::Delete, row_value(&row))
+            && !self.allows(caller, &bucket, Op::Delete, || row_value(&row))
         {
             return Err(Error::Forbidden(format!(
                 "the `delete` rule of bucket `{}` denied this",
@@ -646,7 +650,7 @@ impl Storage {
         };
         let visible = scanned
             .into_iter()
-            .filter(|r| self.allows(caller, &bucket, Op::Read, row_value(r)))
+            .filter(|r| self.allows(caller, &bucket, Op::Read, || row_value(r)))
             .collect();
         Ok((visible, next))
     }
@@ -676,7 +680,7 @@ impl Storage {
             }
             "PUT" => {
                 self.precheck(&Actor::Caller(caller), &bucket, Op::Write)?;
-                let object = object_value(key.as_str(), None, "", &json!({}), caller.user_id());
+                let object = || object_value(key.as_str(), None, "", &json!({}), caller.user_id());
                 if !self.allows(caller, &bucket, Op::Write, object) {
                     return Err(Error::Forbidden(format!(
                         "the `write` rule of bucket `{}` denied this",
