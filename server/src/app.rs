@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::documents::Documents;
 use crate::documents::access::Access;
 use crate::documents::catalog::{Catalog, Declared};
-use crate::documents::hooks::NoHooks;
+use crate::functions::Functions;
 use crate::realtime::Realtime;
 use crate::storage::Storage;
 use crate::store::Store;
@@ -30,6 +30,7 @@ pub struct App {
     pub auth: Arc<Auth>,
     pub realtime: Arc<Realtime>,
     pub storage: Arc<Storage>,
+    pub functions: Arc<Functions>,
     pub trusted_proxies: Vec<crate::http::client_ip::Cidr>,
     pub metrics: PrometheusHandle,
     pub started: Instant,
@@ -80,12 +81,20 @@ impl App {
                 tracing::info!(collection.name = %name, ?outcome, "collection declared by the config file");
             }
         }
+        let functions = Functions::new(
+            config.functions.clone(),
+            store.clone(),
+            config.functions_dir.clone(),
+            config.dev,
+        )
+        .context("starting the function engine")?;
         let documents = Documents::new(
             store.clone(),
             catalog.clone(),
             Arc::new(Access),
-            Arc::new(NoHooks),
+            functions.clone(),
         );
+        functions.attach(documents.clone());
         let changes = Changes::new(store.clone(), config.changes.retention);
         let blob_dir = config
             .storage
@@ -153,6 +162,7 @@ impl App {
         tasks.extend(realtime_tasks);
         tasks.push(storage.follow_remote());
         tasks.push(tokio::spawn(storage.clone().sweep_loop(stop_rx.clone())));
+        tasks.extend(functions.start(stop_rx.clone()).await?);
         Ok(Arc::new(App {
             config,
             store,
@@ -163,6 +173,7 @@ impl App {
             auth,
             realtime,
             storage,
+            functions,
             trusted_proxies,
             metrics,
             started,

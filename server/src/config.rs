@@ -36,6 +36,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub realtime: RealtimeConfig,
     pub storage: StorageConfig,
+    pub functions: FunctionsConfig,
     /// Buckets declared in the file, applied at start.
     pub buckets: BTreeMap<String, crate::storage::BucketSpec>,
     /// Proxies (IPs or CIDRs) whose `X-Forwarded-For` is believed for the client address.
@@ -137,6 +138,73 @@ impl Default for StorageConfig {
             max_sign_ttl: Duration::from_secs(7 * 24 * 3600),
             body_idle_timeout: Duration::from_secs(60),
             s3: None,
+        }
+    }
+}
+
+/// Cloud code (section 10 of the design).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FunctionsConfig {
+    /// Engine threads; each runs one invocation at a time.
+    pub workers: usize,
+    /// Deadline of a synchronous call (`POST /v1/functions/{name}`).
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Deadline of an async invocation, an after-trigger or a cron run.
+    #[serde(deserialize_with = "duration")]
+    pub async_timeout: Duration,
+    /// Deadline of a before-trigger (it holds up the write).
+    #[serde(deserialize_with = "duration")]
+    pub before_timeout: Duration,
+    /// Memory limit of one isolate (one version on one worker), in MiB.
+    pub memory_mb: usize,
+    /// QuickJS stack limit in KiB (the worker threads have 8 MiB stacks).
+    pub stack_kb: usize,
+    /// Attempts of an async invocation or after-trigger before it becomes a dead letter.
+    pub max_attempts: u32,
+    /// First retry delay; doubles with each attempt.
+    #[serde(deserialize_with = "duration")]
+    pub retry_backoff: Duration,
+    /// Hosts `fetch` may reach (exact names, `*.example.com` for subdomains); empty:
+    /// no `fetch` at all.
+    pub fetch_allow: Vec<String>,
+    /// Secrets every handler sees as `ctx.env`.
+    pub env: BTreeMap<String, String>,
+    /// Per-handler settings, by name (`addTodo`, `beforeCreate:todos`, a cron name).
+    pub handlers: BTreeMap<String, HandlerConfig>,
+}
+
+/// Settings for one handler.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HandlerConfig {
+    #[serde(deserialize_with = "opt_duration")]
+    pub timeout: Option<Duration>,
+    /// Most concurrent invocations of this handler on one node (0: no limit but the pool).
+    pub max_concurrency: usize,
+    /// Secrets only this handler sees, merged over `functions.env`.
+    pub env: BTreeMap<String, String>,
+}
+
+impl Default for FunctionsConfig {
+    fn default() -> Self {
+        Self {
+            workers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+                .max(2)
+                * 2,
+            timeout: Duration::from_secs(10),
+            async_timeout: Duration::from_secs(60),
+            before_timeout: Duration::from_secs(1),
+            memory_mb: 64,
+            stack_kb: 1024,
+            max_attempts: 3,
+            retry_backoff: Duration::from_secs(1),
+            fetch_allow: Vec::new(),
+            env: BTreeMap::new(),
+            handlers: BTreeMap::new(),
         }
     }
 }
@@ -414,6 +482,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             realtime: RealtimeConfig::default(),
             storage: StorageConfig::default(),
+            functions: FunctionsConfig::default(),
             buckets: BTreeMap::new(),
             trusted_proxies: Vec::new(),
             collections: BTreeMap::new(),
@@ -462,6 +531,10 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         Raw::Seconds(s) => Ok(Duration::from_secs(s)),
         Raw::Text(t) => humantime::parse_duration(&t).map_err(serde::de::Error::custom),
     }
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 fn json_schema<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
@@ -672,6 +745,43 @@ impl Config {
                 .map(|_| ())
             }) {
                 problems.push(format!("buckets.{name}: {e}"));
+            }
+        }
+        let f = &self.functions;
+        if !(1..=256).contains(&f.workers) {
+            problems.push("functions.workers must be between 1 and 256".to_owned());
+        }
+        if !(8..=4096).contains(&f.memory_mb) {
+            problems.push("functions.memory_mb must be between 8 and 4096".to_owned());
+        }
+        if !(64..=2048).contains(&f.stack_kb) {
+            problems.push(
+                "functions.stack_kb must be between 64 and 2048 (a quarter of the 8 MiB worker stack)"
+                    .to_owned(),
+            );
+        }
+        if !(1..=100).contains(&f.max_attempts) {
+            problems.push("functions.max_attempts must be between 1 and 100".to_owned());
+        }
+        for (label, d) in [
+            ("timeout", f.timeout),
+            ("async_timeout", f.async_timeout),
+            ("before_timeout", f.before_timeout),
+        ] {
+            if d < Duration::from_millis(10) || d > Duration::from_secs(15 * 60) {
+                problems.push(format!("functions.{label} must be between 10ms and 15m"));
+            }
+        }
+        for host in &f.fetch_allow {
+            let bare = host.strip_prefix("*.").unwrap_or(host);
+            if bare.is_empty()
+                || !bare
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == ':')
+            {
+                problems.push(format!(
+                    "functions.fetch_allow: `{host}` is not a host name (example.com, *.example.com, 127.0.0.1:9000)"
+                ));
             }
         }
         let rt = &self.realtime;

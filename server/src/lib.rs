@@ -9,6 +9,7 @@ pub mod blobs;
 pub mod changes;
 pub mod config;
 pub mod documents;
+pub mod functions;
 pub mod http;
 pub mod query;
 pub mod realtime;

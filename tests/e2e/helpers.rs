@@ -181,6 +181,8 @@ pub struct Options {
     pub service_key: bool,
     /// Prepend generous auth rate limits (tests about rate limits turn this off).
     pub lenient_limits: bool,
+    /// Files written to the server's `functions/` folder before it starts.
+    pub functions: Vec<(String, String)>,
 }
 
 /// Generous rate limits: many tests sign up many users from one address.
@@ -209,7 +211,14 @@ impl Options {
             env: vec![("FERROBASE_SESSION_CHECK_INTERVAL".into(), "0s".into())],
             service_key: true,
             lenient_limits: true,
+            functions: Vec::new(),
         }
+    }
+
+    /// Puts a file in the server's `functions/` folder.
+    pub fn function_file(mut self, path: &str, source: &str) -> Self {
+        self.functions.push((path.to_owned(), source.to_owned()));
+        self
     }
 
     /// Keeps the default (or the test's own) rate limits.
@@ -276,6 +285,11 @@ impl TestServer {
             config.push_str(own);
         }
         std::fs::write(server.dir.path().join("ferrobase.toml"), config).expect("write config");
+        for (path, source) in &server.options.functions {
+            let file = server.functions_dir().join(path);
+            std::fs::create_dir_all(file.parent().expect("parent")).expect("functions folder");
+            std::fs::write(file, source).expect("write function");
+        }
         server.spawn().await;
         server
     }
@@ -307,6 +321,11 @@ impl TestServer {
 
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// The `functions/` folder the server loads (relative to its working folder).
+    pub fn functions_dir(&self) -> PathBuf {
+        self.dir.path().join("functions")
     }
 
     pub fn log_path(&self) -> PathBuf {

@@ -14,6 +14,7 @@ mod auth_hostile;
 mod auth_providers;
 mod documents;
 mod durability;
+mod functions;
 mod queries;
 mod realtime;
 mod rules;

@@ -123,6 +123,16 @@ const ROUTES: &[&str] = &[
     "POST /v1/admin/login",
     "POST /v1/admin/rules/test",
     "GET /v1/realtime",
+    "POST /v1/functions/{name}",
+    "POST /v1/functions/{name}/async",
+    "GET /v1/functions/invocations/{id}",
+    "POST /v1/admin/functions/versions",
+    "GET /v1/admin/functions/versions",
+    "GET /v1/admin/functions/aliases",
+    "PUT /v1/admin/functions/aliases/{alias}",
+    "GET /v1/admin/functions/dead-letters",
+    "POST /v1/admin/functions/dead-letters/{id}/replay",
+    "GET /v1/admin/functions/logs",
     "POST /v1/admin/buckets",
     "GET /v1/admin/buckets",
     "GET /v1/admin/buckets/{name}",
@@ -171,6 +181,7 @@ async fn the_openapi_document_lists_every_route() {
             .replace("{collection}", "nope")
             .replace("{name}", "nope")
             .replace("{provider}", "nope")
+            .replace("{alias}", "nope")
             .replace("{id}", "x1");
         let (status, body) = s
             .send(s.svc(method.parse().unwrap(), &path).json(&json!({})))

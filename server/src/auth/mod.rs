@@ -18,7 +18,7 @@ pub mod tokens;
 pub mod user;
 pub mod wechat;
 
-pub use service::{Auth, RequestCtx, Session};
+pub use service::{AUTH_EVENTS, Auth, RequestCtx, Session};
 pub use user::User;
 
 /// Creates a console administrator against the configured database (`ferrobase admin create`).
@@ -129,6 +129,10 @@ pub struct Caller {
     /// The HTTP method, or what the call amounts to (`GET` for reads, `POST` for writes)
     /// when it did not come over HTTP.
     pub method: &'static str,
+    /// How deep in a chain of triggers this call is: 0 for clients and callable functions,
+    /// n for writes made by a trigger that n writes set off. Kept in the change log's
+    /// `actor` so after-triggers stop at a fixed depth.
+    pub depth: u8,
 }
 
 impl Caller {
@@ -138,8 +142,30 @@ impl Caller {
             principal,
             ip: None,
             method: "POST",
+            depth: 0,
         }
     }
+
+    /// Who a change is attributed to in the change log: the principal's actor, with
+    /// `#fn<depth>` appended for writes made by triggers.
+    pub fn change_actor(&self) -> Option<String> {
+        if self.depth == 0 {
+            return self.actor();
+        }
+        Some(format!(
+            "{}#fn{}",
+            self.actor().unwrap_or_else(|| "anonymous".into()),
+            self.depth
+        ))
+    }
+}
+
+/// The trigger depth a change's `actor` records (0 when none).
+pub fn actor_depth(actor: Option<&str>) -> u8 {
+    actor
+        .and_then(|a| a.rsplit_once("#fn"))
+        .and_then(|(_, d)| d.parse().ok())
+        .unwrap_or(0)
 }
 
 /// A caller is its principal, with request context on the side.

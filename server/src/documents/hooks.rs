@@ -11,7 +11,6 @@ use serde_json::Value;
 use super::Error;
 use super::document::Document;
 use super::service::WriteKind;
-use crate::auth::Principal;
 
 /// A write about to happen.
 #[derive(Debug)]
@@ -20,7 +19,7 @@ pub struct BeforeEvent<'a> {
     pub kind: WriteKind,
     /// The document id (absent on create without a proposed id).
     pub id: Option<&'a str>,
-    pub auth: &'a Principal,
+    pub auth: &'a crate::auth::Caller,
     /// The incoming document (create/replace) or the update (update); hooks may modify it.
     pub data: Value,
     /// The stored document as it was when the hook ran (`None` on create).

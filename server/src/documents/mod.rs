@@ -48,6 +48,9 @@ pub enum Error {
     /// A before-hook rejected the write.
     #[error("{message}")]
     Rejected { status: u16, message: String },
+    /// A before-hook ran out of time.
+    #[error("{0}")]
+    FunctionTimeout(String),
     /// An operation of a batch failed; nothing of the batch was applied.
     #[error("operation {index} of the batch failed: {error}")]
     Batch { index: usize, error: Box<Error> },

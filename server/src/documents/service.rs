@@ -752,7 +752,7 @@ async fn execute(
     caller: &Caller,
     access: &Access,
 ) -> Result<BatchResult, Error> {
-    let actor = caller.actor();
+    let actor = caller.change_actor();
     match op {
         Prepared::Create { coll, doc } => {
             access.check_write(caller, coll, Operation::Create, None, Some(doc))?;

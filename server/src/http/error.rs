@@ -166,6 +166,9 @@ impl From<documents::Error> for ApiError {
                 "function_error",
                 message,
             ),
+            E::FunctionTimeout(message) => {
+                Self::new(StatusCode::GATEWAY_TIMEOUT, "function_timeout", message)
+            }
             E::Batch { index, error } => {
                 let mut inner = ApiError::from(*error);
                 let mut details = match inner.details.take() {

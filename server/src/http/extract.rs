@@ -141,6 +141,7 @@ impl FromRequestParts<AppState> for CallerAuth {
             principal,
             ip: Some(client.ip),
             method: method_name(&parts.method),
+            depth: 0,
         }))
     }
 }

@@ -7,6 +7,7 @@ pub mod client_ip;
 pub mod documents;
 pub mod error;
 pub mod extract;
+pub mod functions;
 pub mod middleware;
 pub mod realtime;
 pub mod storage;
@@ -39,6 +40,7 @@ use error::ApiError;
         (name = "documents", description = "the JSON document database"),
         (name = "admin", description = "administration (admins and the service key)"),
         (name = "storage", description = "buckets and objects"),
+        (name = "functions", description = "cloud code: callable functions and queued invocations"),
         (name = "realtime", description = "subscriptions, presence and broadcast over WebSocket"),
     )
 )]
@@ -61,6 +63,8 @@ pub fn api(app: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let limits = &app.config.limits;
     let batch = OpenApiRouter::new()
         .routes(routes!(documents::batch))
+        // Deploys carry whole bundles.
+        .routes(routes!(functions::deploy_version, functions::list_versions))
         .layer(DefaultBodyLimit::max(limits.batch_body))
         .layer(axum::middleware::from_fn_with_state(
             limits.batch_body,
@@ -122,6 +126,14 @@ pub fn api(app: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
             storage::update_bucket,
             storage::delete_bucket
         ))
+        .routes(routes!(functions::call_function))
+        .routes(routes!(functions::call_function_async))
+        .routes(routes!(functions::get_invocation))
+        .routes(routes!(functions::list_aliases))
+        .routes(routes!(functions::put_alias))
+        .routes(routes!(functions::list_dead_letters))
+        .routes(routes!(functions::replay_dead_letter))
+        .routes(routes!(functions::list_logs))
         .layer(DefaultBodyLimit::max(limits.json_body))
         .layer(axum::middleware::from_fn_with_state(
             limits.json_body,

@@ -81,6 +81,7 @@ async fn run(app: AppState, socket: WebSocket, ip: std::net::IpAddr, token: Opti
         principal: Principal::Anonymous,
         ip: Some(ip),
         method: "GET",
+        depth: 0,
     };
     let (conn, outbox) = Conn::new(caller, config.send_queue);
     let mut session = app.realtime.session(conn.clone());

@@ -238,6 +238,7 @@ impl Session {
             principal,
             ip: current.ip,
             method: "GET",
+            depth: 0,
         });
     }
 

@@ -10,6 +10,7 @@
 //! `Unavailable`). Driver text never leaves this module in a form that reaches a client.
 
 pub mod auth;
+pub mod functions;
 mod postgres;
 pub mod query;
 mod sqlite;
@@ -268,6 +269,9 @@ pub trait Tx: Send {
 
     /// The storage tables, in this transaction.
     fn storage(&mut self) -> &mut dyn storage::StorageTx;
+
+    /// The cloud-code tables, in this transaction.
+    fn functions(&mut self) -> &mut dyn functions::FunctionsTx;
 }
 
 /// The read side of a backend, plus the few things the writer and the bus need.
@@ -305,6 +309,8 @@ pub(crate) trait Backend: Send + Sync {
     fn auth(&self) -> &dyn auth::AuthRead;
     /// The storage tables, on the reader pool.
     fn storage(&self) -> &dyn storage::StorageRead;
+    /// The cloud-code tables, on the reader pool.
+    fn functions(&self) -> &dyn functions::FunctionsRead;
     /// Starts forwarding other nodes' commits and catalog changes (Postgres `LISTEN`).
     async fn listen(&self, events: RemoteEvents) -> Result<()>;
     fn pool_stats(&self) -> Vec<PoolStat>;
@@ -493,6 +499,11 @@ impl Store {
     /// Storage reads.
     pub fn storage(&self) -> &dyn storage::StorageRead {
         self.backend.storage()
+    }
+
+    /// Cloud-code reads.
+    pub fn functions(&self) -> &dyn functions::FunctionsRead {
+        self.backend.functions()
     }
 
     pub fn pool_stats(&self) -> Vec<PoolStat> {

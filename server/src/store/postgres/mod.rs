@@ -3,6 +3,7 @@
 
 mod auth;
 mod dialect;
+mod functions;
 mod storage;
 mod tx;
 
@@ -265,6 +266,10 @@ impl Backend for PgBackend {
     }
 
     fn storage(&self) -> &dyn crate::store::storage::StorageRead {
+        self
+    }
+
+    fn functions(&self) -> &dyn crate::store::functions::FunctionsRead {
         self
     }
 

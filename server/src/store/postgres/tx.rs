@@ -402,6 +402,10 @@ impl Tx for PgSession {
         self
     }
 
+    fn functions(&mut self) -> &mut dyn crate::store::functions::FunctionsTx {
+        self
+    }
+
     async fn drop_index(&mut self, table_id: i64, key: &str) -> Result<()> {
         if !key.chars().all(|c| c.is_ascii_alphanumeric()) {
             return Err(Error::Other("BUG: index key is not alphanumeric".into()));

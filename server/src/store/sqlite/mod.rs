@@ -3,6 +3,7 @@
 
 mod auth;
 mod dialect;
+mod functions;
 mod storage;
 mod tx;
 
@@ -323,6 +324,10 @@ impl Backend for SqliteBackend {
     }
 
     fn storage(&self) -> &dyn crate::store::storage::StorageRead {
+        self
+    }
+
+    fn functions(&self) -> &dyn crate::store::functions::FunctionsRead {
         self
     }
 

@@ -1,0 +1,276 @@
+//! The bridge: what JS may ask of the server during one invocation. Every operation takes
+//! JSON text (parsed here with serde's depth limit), runs on the async runtime through
+//! `Handle::block_on` (the worker thread is not a runtime thread), and is bounded by the
+//! invocation's deadline. `ctx.db` runs as the caller, so rules apply; `ctx.admin.db`
+//! runs as the service.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::engine::{Bridge, HostError, Level};
+use crate::auth::{Caller, Principal};
+use crate::documents::{self, BatchOp, Documents, QueryRequest};
+
+/// Most log lines one invocation keeps; later lines are counted, not stored.
+pub const MAX_LOG_LINES: usize = 200;
+
+/// A captured log line.
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub level: Level,
+    pub message: String,
+    pub at: String,
+}
+
+/// Lines captured during one invocation, shared with the caller.
+#[derive(Debug, Default)]
+pub struct Captured {
+    pub lines: Vec<Line>,
+    pub dropped: usize,
+}
+
+/// The bridge for one invocation.
+pub struct HostBridge {
+    pub documents: Documents,
+    pub handle: tokio::runtime::Handle,
+    pub caller: Caller,
+    pub depth: u8,
+    pub deadline: Instant,
+    pub logs: Arc<Mutex<Captured>>,
+    pub fetch: Option<Arc<super::fetch::Fetcher>>,
+}
+
+fn host_error(status: u16, code: &str, message: impl Into<String>) -> HostError {
+    HostError {
+        status,
+        code: code.into(),
+        message: message.into(),
+    }
+}
+
+/// A documents error as JS sees it; internal causes are not shown.
+pub fn from_documents(e: documents::Error) -> HostError {
+    use documents::Error as E;
+    let message = e.to_string();
+    match e {
+        E::CollectionNotFound(_) => host_error(404, "collection_not_found", message),
+        E::NotFound => host_error(404, "not_found", message),
+        E::Forbidden(_) => host_error(403, "forbidden", message),
+        E::BadRequest(_) => host_error(400, "bad_request", message),
+        E::Validation { .. } => host_error(400, "validation_failed", message),
+        E::Conflict { .. } => host_error(409, "conflict", message),
+        E::VersionMismatch { .. } => host_error(412, "version_mismatch", message),
+        E::TooLarge(_) => host_error(413, "payload_too_large", message),
+        E::Rejected { status, message } => host_error(status, "function_error", message),
+        E::FunctionTimeout(_) => host_error(504, "function_timeout", message),
+        E::Batch { index, error } => {
+            let inner = from_documents(*error);
+            HostError {
+                message: format!("operation {index}: {}", inner.message),
+                ..inner
+            }
+        }
+        E::Unavailable(_) => host_error(503, "unavailable", "the database is unavailable"),
+        E::Internal(_) => host_error(500, "internal", "internal error"),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DbArgs {
+    #[serde(rename = "as")]
+    run_as: String,
+    collection: Option<String>,
+    id: Option<String>,
+    data: Option<Value>,
+    #[serde(rename = "where")]
+    filter: Option<Value>,
+    sort: Option<String>,
+    limit: Option<u32>,
+    offset: Option<u64>,
+    cursor: Option<String>,
+    #[serde(default)]
+    count: bool,
+    ops: Option<Vec<BatchOp>>,
+}
+
+impl HostBridge {
+    fn caller_for(&self, run_as: &str) -> Result<Caller, HostError> {
+        let mut caller = match run_as {
+            "caller" => self.caller.clone(),
+            "admin" => Caller::internal(Principal::Service),
+            _ => return Err(host_error(400, "bad_request", "`as` is caller or admin")),
+        };
+        caller.depth = self.depth;
+        Ok(caller)
+    }
+
+    fn block<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, HostError>>,
+    ) -> Result<T, HostError> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        self.handle.block_on(async move {
+            match tokio::time::timeout(left, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(host_error(
+                    504,
+                    "function_timeout",
+                    "the function ran out of time",
+                )),
+            }
+        })
+    }
+
+    fn db(&self, op: &str, args: &str) -> Result<Value, HostError> {
+        let args: DbArgs = serde_json::from_str(args)
+            .map_err(|e| host_error(400, "bad_request", format!("{op}: {e}")))?;
+        let caller = self.caller_for(&args.run_as)?;
+        let docs = self.documents.clone();
+        let need = |v: Option<String>, what: &str| {
+            v.ok_or_else(|| host_error(400, "bad_request", format!("{op} needs `{what}`")))
+        };
+        let collection = args.collection.clone().unwrap_or_default();
+        match op {
+            "db.get" => {
+                let id = need(args.id, "id")?;
+                self.block(async move {
+                    match docs.get(&caller, &collection, &id).await {
+                        Ok(doc) => Ok(doc.to_json()),
+                        Err(documents::Error::NotFound) => Ok(Value::Null),
+                        Err(e) => Err(from_documents(e)),
+                    }
+                })
+            }
+            "db.query" => {
+                let req = QueryRequest {
+                    filter: args.filter.unwrap_or(Value::Object(Default::default())),
+                    sort: args.sort,
+                    limit: args.limit,
+                    cursor: args.cursor,
+                    offset: args.offset,
+                    fields: None,
+                    count: args.count,
+                };
+                self.block(async move {
+                    let page = docs
+                        .query(&caller, &collection, req)
+                        .await
+                        .map_err(from_documents)?;
+                    serde_json::to_value(page)
+                        .map_err(|_| host_error(500, "internal", "internal error"))
+                })
+            }
+            "db.create" => {
+                let data = args.data.unwrap_or(Value::Null);
+                self.block(async move {
+                    docs.create(&caller, &collection, data)
+                        .await
+                        .map(|d| d.to_json())
+                        .map_err(from_documents)
+                })
+            }
+            "db.replace" => {
+                let id = need(args.id, "id")?;
+                let data = args.data.unwrap_or(Value::Null);
+                self.block(async move {
+                    docs.replace(&caller, &collection, &id, data, None, true)
+                        .await
+                        .map(|(d, _)| d.to_json())
+                        .map_err(from_documents)
+                })
+            }
+            "db.update" => {
+                let id = need(args.id, "id")?;
+                let data = args.data.unwrap_or(Value::Null);
+                self.block(async move {
+                    docs.update(&caller, &collection, &id, data, None)
+                        .await
+                        .map(|d| d.to_json())
+                        .map_err(from_documents)
+                })
+            }
+            "db.delete" => {
+                let id = need(args.id, "id")?;
+                self.block(async move {
+                    docs.delete(&caller, &collection, &id, None)
+                        .await
+                        .map(|()| Value::Null)
+                        .map_err(from_documents)
+                })
+            }
+            "db.batch" => {
+                let ops = args
+                    .ops
+                    .ok_or_else(|| host_error(400, "bad_request", "db.batch needs `ops`"))?;
+                self.block(async move {
+                    docs.batch(&caller, ops)
+                        .await
+                        .map(|results| Value::Array(results.iter().map(|r| r.to_json()).collect()))
+                        .map_err(from_documents)
+                })
+            }
+            _ => Err(host_error(
+                404,
+                "not_found",
+                format!("no host operation `{op}`"),
+            )),
+        }
+    }
+}
+
+impl Bridge for HostBridge {
+    fn op(&mut self, name: &str, args: &str) -> Result<Value, HostError> {
+        if Instant::now() >= self.deadline {
+            return Err(host_error(
+                504,
+                "function_timeout",
+                "the function ran out of time",
+            ));
+        }
+        match name {
+            n if n.starts_with("db.") => self.db(n, args),
+            "fetch" => match &self.fetch {
+                Some(fetcher) => {
+                    let fetcher = fetcher.clone();
+                    let args = args.to_owned();
+                    self.block(async move { fetcher.fetch(&args).await })
+                }
+                None => Err(host_error(403, "forbidden", "fetch is not enabled")),
+            },
+            _ => Err(host_error(
+                404,
+                "not_found",
+                format!(
+                    "no host operation `{}`",
+                    crate::query::shorten_for_message(name)
+                ),
+            )),
+        }
+    }
+
+    fn log(&mut self, level: Level, mut message: String) {
+        let Ok(mut logs) = self.logs.lock() else {
+            return;
+        };
+        if logs.lines.len() >= MAX_LOG_LINES {
+            logs.dropped += 1;
+            return;
+        }
+        if message.len() > 4096 {
+            let mut cut = 4096;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        logs.lines.push(Line {
+            level,
+            message,
+            at: crate::util::time::now(),
+        });
+    }
+}

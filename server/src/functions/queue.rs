@@ -1,0 +1,451 @@
+//! The durable side of cloud code, all in the database so any node can pick it up:
+//!
+//! - the job queue: async calls, after-triggers and cron runs are rows in `fb_fn_jobs`;
+//!   workers lease due rows (Postgres: `FOR UPDATE SKIP LOCKED`), run them, and retry with
+//!   exponential backoff until `max_attempts`, after which the row is a dead letter. A node
+//!   that dies mid-run leaves a lease that expires, so the job runs again (at least once);
+//! - the trigger pump: reads the change log after a shared cursor and, in one transaction,
+//!   queues a job for every change some handler listens to and moves the cursor (a
+//!   compare-and-swap, so two nodes never queue the same change);
+//! - cron: each tick is claimed with a compare-and-swap on the cron's last tick, so one
+//!   node runs it; after downtime only the latest missed tick runs (one catch-up); a run
+//!   is not queued while the previous one is still queued or running.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use super::engine::Outcome;
+use super::{Functions, Kind, MAX_DEPTH, Target, now_ms};
+use crate::auth::{Caller, Principal, UserAuth, actor_depth};
+use crate::store::functions::{JobRow, JobUpdate};
+use crate::store::{ChangeRow, Tx};
+
+const PUMP_CURSOR: &str = "trigger_cursor";
+const PUMP_BATCH: u32 = 500;
+
+/// The principal a change's `actor` names (after-triggers run as the writer). Only the
+/// id survives the change log: a user's role and claims are not known here.
+fn actor_principal(actor: Option<&str>) -> Principal {
+    let bare = actor.map(|a| a.rsplit_once("#fn").map_or(a, |(head, _)| head));
+    match bare {
+        None | Some("anonymous") => Principal::Anonymous,
+        Some("service") => Principal::Service,
+        Some(a) if a.starts_with("admin:") => Principal::Admin {
+            id: a["admin:".len()..].to_owned(),
+            session_id: String::new(),
+        },
+        Some(id) => Principal::User(UserAuth {
+            id: id.to_owned(),
+            session_id: String::new(),
+            role: "user".into(),
+            anonymous: false,
+            email: None,
+            email_verified: false,
+            claims: Default::default(),
+        }),
+    }
+}
+
+fn parse_json(text: Option<&str>) -> Value {
+    text.and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// The handler a change sets off: (kind, key, payload).
+fn trigger_for(row: &ChangeRow) -> Option<(Kind, String, Value)> {
+    if row.collection == crate::auth::AUTH_EVENTS {
+        let user = match parse_json(row.after.as_deref()) {
+            Value::Null => json!({ "id": row.doc_id }),
+            user => user,
+        };
+        return Some((
+            Kind::Auth,
+            row.op.clone(),
+            json!({ "op": row.op, "user": user, "seq": row.seq }),
+        ));
+    }
+    if let Some(bucket) = row.collection.strip_prefix("storage/") {
+        let key = match row.op.as_str() {
+            "upload" => format!("afterUpload:{bucket}"),
+            "delete" => format!("afterObjectDelete:{bucket}"),
+            _ => return None,
+        };
+        return Some((
+            Kind::Trigger,
+            key,
+            json!({
+                "bucket": bucket, "key": row.doc_id, "op": row.op,
+                "object": parse_json(row.after.as_deref()),
+                "before": parse_json(row.before.as_deref()), "seq": row.seq,
+            }),
+        ));
+    }
+    let key = match row.op.as_str() {
+        "create" => "afterCreate",
+        "update" => "afterUpdate",
+        "delete" => "afterDelete",
+        _ => return None,
+    };
+    Some((
+        Kind::Trigger,
+        format!("{key}:{}", row.collection),
+        json!({
+            "collection": row.collection, "op": row.op, "id": row.doc_id,
+            "doc": parse_json(row.after.as_deref()),
+            "before": parse_json(row.before.as_deref()), "seq": row.seq,
+        }),
+    ))
+}
+
+impl Functions {
+    /// Queues after-triggers for new changes.
+    pub(super) async fn pump_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut commits = self.store.subscribe_commits();
+        loop {
+            match self.pump_once().await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "queueing triggers failed"),
+            }
+            tokio::select! {
+                _ = commits.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// One pass; true when there may be more to do at once.
+    async fn pump_once(&self) -> Result<bool, super::Error> {
+        let read = self.store.functions();
+        let Some(cursor) = read.get_state(PUMP_CURSOR).await? else {
+            // First start: triggers apply to changes from now on, not to history.
+            let last = self.store.last_seq().await?;
+            self.store
+                .write::<_, super::Error>(Box::new(move |tx: &mut dyn Tx| {
+                    async move { Ok(tx.functions().swap_state(PUMP_CURSOR, None, last).await?) }
+                        .boxed()
+                }))
+                .await?;
+            return Ok(true);
+        };
+        let rows = self.store.changes_after(cursor, PUMP_BATCH).await?;
+        let Some(last) = rows.last().map(|r| r.seq) else {
+            return Ok(false);
+        };
+        if let Some(oldest) = self.store.oldest_seq().await?
+            && oldest > cursor + 1
+        {
+            tracing::warn!(
+                cursor,
+                oldest,
+                "changes were pruned before their triggers were queued"
+            );
+        }
+        let mut jobs = Vec::new();
+        for row in &rows {
+            let Some((kind, key, payload)) = trigger_for(row) else {
+                continue;
+            };
+            let principal = actor_principal(row.actor.as_deref());
+            let depth = actor_depth(row.actor.as_deref()).saturating_add(1);
+            let sticky = match &principal {
+                Principal::User(u) => format!("u:{}", u.id),
+                _ => "anonymous".into(),
+            };
+            let Some(version) = self.pick(&Target::Live, &sticky) else {
+                continue;
+            };
+            let listens = match kind {
+                Kind::Auth => version.manifest.auth.contains(&key),
+                _ => version.manifest.triggers.contains(&key),
+            };
+            if !listens {
+                continue;
+            }
+            if depth > MAX_DEPTH {
+                tracing::warn!(function.name = %key, seq = row.seq, "trigger not queued: triggers nest at most {MAX_DEPTH} deep");
+                continue;
+            }
+            jobs.push(self.new_job(
+                &key,
+                kind,
+                version.code.version,
+                payload.to_string(),
+                &principal,
+                depth,
+            ));
+        }
+        let queued = !jobs.is_empty();
+        let moved = self
+            .store
+            .write::<_, super::Error>(Box::new(move |tx: &mut dyn Tx| {
+                async move {
+                    if !tx
+                        .functions()
+                        .swap_state(PUMP_CURSOR, Some(cursor), last)
+                        .await?
+                    {
+                        return Ok(false);
+                    }
+                    for job in &jobs {
+                        tx.functions().insert_job(job).await?;
+                    }
+                    Ok(true)
+                }
+                .boxed()
+            }))
+            .await?;
+        if moved && queued {
+            self.jobs_ready.notify_waiters();
+        }
+        Ok(true)
+    }
+
+    /// Leases and runs due jobs.
+    pub(super) async fn job_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            let ready = self.jobs_ready.notified();
+            match self.claim().await {
+                Ok(Some(job)) => {
+                    self.run_job(job).await;
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "leasing function jobs failed"),
+            }
+            tokio::select! {
+                _ = ready => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    async fn claim(&self) -> Result<Option<JobRow>, super::Error> {
+        if self
+            .routes
+            .read()
+            .map(|r| r.versions.is_empty())
+            .unwrap_or(true)
+        {
+            // Nothing deployed on this node (yet): no job could run here.
+            return Ok(None);
+        }
+        let now = now_ms();
+        if !self.store.functions().has_due(now).await? {
+            return Ok(None);
+        }
+        let lease = self.config.async_timeout.max(self.config.timeout) + Duration::from_secs(30);
+        let lease_until = now + lease.as_millis() as i64;
+        let at = crate::util::time::now();
+        let mut jobs = self
+            .store
+            .write::<_, super::Error>(Box::new(move |tx: &mut dyn Tx| {
+                async move { Ok(tx.functions().claim_jobs(now, lease_until, 1, &at).await?) }
+                    .boxed()
+            }))
+            .await?;
+        Ok(jobs.pop())
+    }
+
+    async fn run_job(&self, job: JobRow) {
+        let outcome = match self.run_job_inner(&job).await {
+            Ok(outcome) => outcome,
+            Err(e) => Outcome::Failed {
+                detail: e.to_string(),
+            },
+        };
+        let (status, result, error, run_at) = match outcome {
+            Outcome::Ok(v) => ("succeeded", Some(v.to_string()), None, now_ms()),
+            Outcome::Missing => (
+                "dead",
+                None,
+                Some(format!(
+                    "version {} has no handler `{}`",
+                    job.version, job.function
+                )),
+                now_ms(),
+            ),
+            failure => {
+                let error = match failure {
+                    Outcome::Rejected { status, message } => format!("{status}: {message}"),
+                    Outcome::Timeout => "function_timeout: the function ran out of time".into(),
+                    _ => "function_error: the function failed (see its logs)".into(),
+                };
+                if job.attempts >= job.max_attempts {
+                    metrics::counter!("ferrobase_function_dead_letters_total").increment(1);
+                    ("dead", None, Some(error), now_ms())
+                } else {
+                    let shift = (job.attempts.max(1) - 1).min(16) as u32;
+                    let delay = self.config.retry_backoff.saturating_mul(1 << shift);
+                    (
+                        "queued",
+                        None,
+                        Some(error),
+                        now_ms() + delay.as_millis() as i64,
+                    )
+                }
+            }
+        };
+        let id = job.id.clone();
+        let at = crate::util::time::now();
+        let result = self
+            .store
+            .write::<_, super::Error>(Box::new(move |tx: &mut dyn Tx| {
+                async move {
+                    Ok(tx
+                        .functions()
+                        .finish_job(&JobUpdate {
+                            id: &id,
+                            status,
+                            run_at,
+                            result: result.as_deref(),
+                            error: error.as_deref(),
+                            at: &at,
+                        })
+                        .await?)
+                }
+                .boxed()
+            }))
+            .await;
+        if let Err(e) = result {
+            // The lease expires and the job runs again.
+            tracing::warn!(error = %e, job = %job.id, "recording a job's outcome failed");
+        }
+        if status == "queued" {
+            self.jobs_ready.notify_waiters();
+        }
+    }
+
+    async fn run_job_inner(&self, job: &JobRow) -> Result<Outcome, super::Error> {
+        let Some(kind) = Kind::parse(&job.kind) else {
+            return Ok(Outcome::Missing);
+        };
+        let version = self.version_for(&Target::Version(job.version), "").await?;
+        let caller_json = parse_json(job.caller.as_deref());
+        let mut caller = Caller::internal(super::principal_from_json(&caller_json));
+        caller.depth = u8::try_from(job.depth).unwrap_or(MAX_DEPTH);
+        let timeout = self.timeout_for(&job.function, self.config.async_timeout);
+        self.invoke(
+            &version,
+            kind,
+            &job.function,
+            &job.function,
+            job.payload.clone(),
+            caller.clone(),
+            caller.depth,
+            timeout,
+            &job.id,
+        )
+        .await
+    }
+
+    /// Fires cron handlers of the version `live` leans on most.
+    pub(super) async fn cron_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut changed = self.routes_changed.subscribe();
+        loop {
+            let crons = self.crons();
+            for (name, cron, version) in &crons {
+                if let Err(e) = self.fire_due(name, cron, *version).await {
+                    tracing::warn!(cron = %name, error = %e, "firing a cron job failed");
+                }
+            }
+            let now = chrono::Utc::now();
+            let next = crons
+                .iter()
+                .filter_map(|(_, c, _)| c.find_next_occurrence(&now, false).ok())
+                .min();
+            let wait = next
+                .and_then(|n| (n - now).to_std().ok())
+                .unwrap_or(Duration::from_secs(60))
+                .min(Duration::from_secs(60))
+                + Duration::from_millis(5);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = changed.changed() => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    fn crons(&self) -> Vec<(String, croner::Cron, i64)> {
+        let Ok(routes) = self.routes.read() else {
+            return Vec::new();
+        };
+        let Some(version) = routes
+            .aliases
+            .get("live")
+            .and_then(|w| w.heaviest())
+            .and_then(|v| routes.versions.get(&v))
+        else {
+            return Vec::new();
+        };
+        version
+            .manifest
+            .crons
+            .iter()
+            .filter_map(|(name, expr)| {
+                Some((
+                    name.clone(),
+                    super::routes::parse_cron(expr).ok()?,
+                    version.code.version,
+                ))
+            })
+            .collect()
+    }
+
+    /// Claims the latest tick at or before now, if no node has, and queues a run.
+    async fn fire_due(
+        &self,
+        name: &str,
+        cron: &croner::Cron,
+        version: i64,
+    ) -> Result<(), super::Error> {
+        let now = chrono::Utc::now();
+        let Ok(tick) = cron.find_previous_occurrence(&now, true) else {
+            return Ok(());
+        };
+        let tick_ms = tick.timestamp_millis();
+        let key = format!("cron:{name}");
+        let last = self.store.functions().get_state(&key).await?;
+        let job = match last {
+            Some(l) if l >= tick_ms => return Ok(()),
+            // A new cron starts with the next tick.
+            None => None,
+            Some(_) => Some(self.new_job(
+                name,
+                Kind::Cron,
+                version,
+                json!({ "tick": tick.to_rfc3339() }).to_string(),
+                &Principal::Service,
+                0,
+            )),
+        };
+        let queued = self
+            .store
+            .write::<_, super::Error>(Box::new(move |tx: &mut dyn Tx| {
+                async move {
+                    if !tx.functions().swap_state(&key, last, tick_ms).await? {
+                        return Ok(false);
+                    }
+                    match &job {
+                        Some(job) => Ok(tx.functions().insert_job_unless_active(job).await?),
+                        None => Ok(false),
+                    }
+                }
+                .boxed()
+            }))
+            .await?;
+        if queued {
+            self.jobs_ready.notify_waiters();
+        } else if last.is_some() {
+            tracing::debug!(cron = %name, "tick claimed elsewhere or the previous run is still going");
+        }
+        Ok(())
+    }
+}
