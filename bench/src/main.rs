@@ -42,6 +42,9 @@ enum Command {
     Rules(DocsArgs),
     /// Rule evaluation cost in-process, no server.
     RuleEval,
+    /// JS engine in-process, no server: cold start (new isolate + the demo functions
+    /// folder), a warm call, and a fresh context per call for comparison.
+    Engine,
     /// Realtime fan-out: delivery latency, sustained events, memory per connection.
     Realtime(realtime::RealtimeArgs),
     /// Object storage throughput (local disk and S3) and memory during a large upload.
@@ -69,9 +72,13 @@ struct DocsArgs {
     /// Label for the table rows.
     #[arg(long, default_value = "")]
     label: String,
-    /// Scenarios to run (comma list of create, get, list).
+    /// Scenarios to run (comma list of create, get, list, call).
     #[arg(long, default_value = "create,get,list")]
     scenarios: String,
+    /// Give the server a `beforeCreate("bench")` JS hook that changes a field (the cloud
+    /// code overhead on writes).
+    #[arg(long)]
+    hook: bool,
     /// Extra `ferrobase.toml` contents for the server.
     #[arg(long, default_value = "")]
     config: String,
@@ -105,9 +112,24 @@ impl Server {
         } else {
             cmd.arg("serve");
         }
+        // Functions: a callable `echo` (the `call` scenario) and, with --hook, a trivial
+        // before-create hook on the bench collection.
+        let functions = dir.path().join("functions");
+        std::fs::create_dir_all(&functions)?;
+        let mut source = String::from(
+            "import { fb } from 'ferrobase';\nfb.call('echo', (req) => ({ echo: req.data }));\n",
+        );
+        if args.hook {
+            source.push_str(
+                "fb.beforeCreate('bench', (e) => { e.data.title = String(e.data.title).toUpperCase(); });\n",
+            );
+        }
+        std::fs::write(functions.join("main.js"), source)?;
         cmd.args(["--http", "127.0.0.1:0", "--service-key", KEY])
             .arg("--data-dir")
-            .arg(dir.path())
+            .arg(dir.path().join("data"))
+            .arg("--functions-dir")
+            .arg(&functions)
             .env("FERROBASE_LOG", "warn")
             .env("FERROBASE_GROUP_COMMIT", args.group_commit.to_string())
             .stdout(Stdio::piped())
@@ -355,6 +377,20 @@ async fn docs(args: DocsArgs) -> anyhow::Result<()> {
         outcomes.push(run(&server, "create", &args, create).await);
     }
     let peak_rss = server.rss_kib();
+    if args.wants("call") {
+        let call = {
+            let client = client.clone();
+            let base = base.clone();
+            move |i: u64| {
+                let client = client.clone();
+                let url = format!("{base}/v1/functions/echo");
+                async move {
+                    matches!(client.post(url).json(&json!({"i": i})).send().await, Ok(r) if r.status() == 200)
+                }
+            }
+        };
+        outcomes.push(run(&server, "call", &args, call).await);
+    }
 
     // Top up to `--docs` documents for the read scenarios.
     let count = client
@@ -481,6 +517,71 @@ async fn user_gets(
     }
     all.sort_unstable();
     all
+}
+
+/// Cold start and warm-call cost of the JS engine, in-process.
+fn engine() -> anyhow::Result<()> {
+    use ferrobase::functions::engine::{Bridge, HostError, Isolate, Level, Limits};
+    use std::time::{Duration, Instant};
+    struct Quiet;
+    impl Bridge for Quiet {
+        fn op(&mut self, _: &str, _: &str) -> Result<Value, HostError> {
+            Ok(Value::Null)
+        }
+        fn log(&mut self, _: Level, _: String) {}
+    }
+    let files = ferrobase::functions::read_dir(std::path::Path::new("functions"))?
+        .ok_or_else(|| anyhow::anyhow!("run from the repository root (needs functions/)"))?;
+    let limits = Limits {
+        memory: 64 << 20,
+        stack: 1 << 20,
+    };
+    let far = || Instant::now() + Duration::from_secs(10);
+    let mut cold = Vec::new();
+    for _ in 0..300 {
+        let t = Instant::now();
+        let (isolate, _) =
+            Isolate::load(&files, limits, false, far()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        cold.push(t.elapsed().as_nanos() as u64);
+        drop(isolate);
+    }
+    cold.sort_unstable();
+    let (mut isolate, _) =
+        Isolate::load(&files, limits, false, far()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let payload = r#"{"collection":"todos","op":"create","id":null,"data":{"title":"  Buy milk  "},"doc":null}"#;
+    let meta = r#"{"function":"beforeCreate:todos","invocation":"x","auth":null,"env":{}}"#;
+    let mut warm = Vec::new();
+    for _ in 0..20_000 {
+        let t = Instant::now();
+        let out = isolate.invoke(
+            "trigger",
+            "beforeCreate:todos",
+            payload,
+            meta,
+            Box::new(Quiet),
+            far(),
+        );
+        warm.push(t.elapsed().as_nanos() as u64);
+        anyhow::ensure!(
+            matches!(out, ferrobase::functions::engine::Outcome::Ok(_)),
+            "unexpected {out:?}"
+        );
+    }
+    warm.sort_unstable();
+    println!("JS engine (QuickJS via rquickjs), demo functions/ folder, in-process:");
+    println!(
+        "  cold start (new runtime + context + modules + lockdown): p50 {:.0} µs, p99 {:.0} µs ({} runs)",
+        pct(&cold, 0.5),
+        pct(&cold, 0.99),
+        cold.len()
+    );
+    println!(
+        "  warm beforeCreate invocation (JSON in, dispatch, JSON out): p50 {:.1} µs, p99 {:.1} µs ({} runs)",
+        pct(&warm, 0.5),
+        pct(&warm, 0.99),
+        warm.len()
+    );
+    Ok(())
 }
 
 fn pct(sorted: &[u64], p: f64) -> f64 {
@@ -664,6 +765,7 @@ fn rule_eval() -> anyhow::Result<()> {
         }),
         ip: Some([127, 0, 0, 1].into()),
         method: "GET",
+        depth: 0,
     };
     let data = json!({
         "title": "buy milk and eggs", "done": false, "score": 42, "tags": ["home", "shopping"],
@@ -921,6 +1023,7 @@ fn main() -> anyhow::Result<()> {
             Command::Tokens => tokens(),
             Command::Rules(args) => rules(args).await,
             Command::RuleEval => rule_eval(),
+            Command::Engine => engine(),
             Command::Realtime(args) => realtime::realtime(args).await,
             Command::Storage(args) => storage::storage(args).await,
         }

@@ -380,6 +380,7 @@ pub async fn realtime(args: RealtimeArgs) -> anyhow::Result<()> {
             docs: 0,
             label: String::new(),
             scenarios: String::new(),
+            hook: false,
             config: format!(
                 "[realtime]\nsend_queue = 4096\nmax_connections_per_ip = 100000\n[collections.feed.rules]\nget = {}\nlist = \"true\"\n",
                 serde_json::to_string(&args.rule)?

@@ -242,6 +242,7 @@ pub async fn storage(args: StorageArgs) -> anyhow::Result<()> {
             docs: 0,
             label: String::new(),
             scenarios: String::new(),
+            hook: false,
             config: "[buckets.bench]\n".to_owned(),
             env,
         };
