@@ -833,12 +833,7 @@ impl Functions {
             fetch: self.fetch.clone(),
         };
         let work = Work::Invoke {
-            kind: match kind {
-                Kind::Call => "call",
-                Kind::Trigger => "trigger",
-                Kind::Cron => "cron",
-                Kind::Auth => "auth",
-            },
+            kind: kind.as_str(),
             key: key.to_owned(),
             payload,
             meta,
