@@ -78,6 +78,13 @@ pub struct LimitsConfig {
     pub json_body: usize,
     /// Largest body of `POST /v1/db/batch`, in bytes.
     pub batch_body: usize,
+    /// Most open HTTP connections (WebSockets included); further connections wait in the
+    /// listen backlog until one closes.
+    pub max_connections: usize,
+    /// A client must send a request's headers within this time, and an idle keep-alive
+    /// connection is closed after it (slowloris).
+    #[serde(deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
 }
 
 /// Object storage.
@@ -166,6 +173,11 @@ pub struct FunctionsConfig {
     /// First retry delay; doubles with each attempt.
     #[serde(deserialize_with = "duration")]
     pub retry_backoff: Duration,
+    /// How long past its deadline a running job's lease lasts. A node that dies mid-run
+    /// leaves the lease behind; the job runs again once it expires. The margin covers
+    /// clock differences between nodes.
+    #[serde(deserialize_with = "duration")]
+    pub lease_grace: Duration,
     /// Hosts `fetch` may reach (exact names, `*.example.com` for subdomains); empty:
     /// no `fetch` at all.
     pub fetch_allow: Vec<String>,
@@ -202,6 +214,7 @@ impl Default for FunctionsConfig {
             stack_kb: 1024,
             max_attempts: 3,
             retry_backoff: Duration::from_secs(1),
+            lease_grace: Duration::from_secs(30),
             fetch_allow: Vec::new(),
             env: BTreeMap::new(),
             handlers: BTreeMap::new(),
@@ -516,6 +529,8 @@ impl Default for LimitsConfig {
         Self {
             json_body: 1024 * 1024 + 64 * 1024,
             batch_body: 16 * 1024 * 1024,
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -865,6 +880,12 @@ impl Config {
         if self.limits.json_body < 1024 || self.limits.batch_body < 1024 {
             problems
                 .push("limits.json_body and limits.batch_body must be at least 1024".to_owned());
+        }
+        if self.limits.max_connections == 0 || self.limits.header_read_timeout.is_zero() {
+            problems.push(
+                "limits.max_connections and limits.header_read_timeout must be above zero"
+                    .to_owned(),
+            );
         }
         if let Some(url) = &self.database_url {
             let url = url.expose();

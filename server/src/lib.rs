@@ -20,7 +20,6 @@ pub mod telemetry;
 pub mod util;
 
 use std::future::Future;
-use std::net::SocketAddr;
 
 use anyhow::Context as _;
 
@@ -48,12 +47,11 @@ pub async fn serve(
     tracing::info!(%addr, backend = app.store.kind().name(), "ferrobase started");
     // One machine-readable line on stdout: operators and the test harness read it.
     println!("ferrobase listening on http://{addr}");
-    let result = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
+    let limits = http::listen::Limits {
+        max_connections: app.config.limits.max_connections,
+        header_read_timeout: app.config.limits.header_read_timeout,
+    };
+    let result = http::listen::serve(listener, router, limits, shutdown).await;
     app.shutdown().await;
     tracing::info!("ferrobase stopped");
     result.context("serving HTTP")

@@ -96,6 +96,7 @@ const ROUTES: &[&str] = &[
     "PATCH /v1/db/{collection}/{id}",
     "PUT /v1/db/{collection}/{id}",
     "DELETE /v1/db/{collection}/{id}",
+    "DELETE /v1/storage/{bucket}/{key}",
     "POST /v1/db/batch",
     "POST /v1/admin/collections",
     "GET /v1/admin/collections",

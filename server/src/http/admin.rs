@@ -256,6 +256,7 @@ pub struct ChangesParams {
     /// Return changes with a greater seq (default 0).
     pub after: Option<i64>,
     /// At most this many (default 100, max 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -285,10 +286,7 @@ pub async fn list_changes(
     AdminAuth(_): AdminAuth,
     QueryParams(params): QueryParams<ChangesParams>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let limit = params.limit.unwrap_or(100);
-    if limit == 0 || limit > 1000 {
-        return Err(ApiError::bad_request("`limit` is 1 to 1000"));
-    }
+    let limit = super::extract::page_limit(params.limit, 100, 1000)?;
     let rows = app.changes.after(params.after.unwrap_or(0), limit).await?;
     let parse = |text: Option<String>| text.and_then(|t| serde_json::from_str::<Value>(&t).ok());
     let items: Vec<ChangeItem> = rows
@@ -351,6 +349,7 @@ pub struct UsersParams {
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
     /// 1-200, default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
 }
 
@@ -369,7 +368,7 @@ pub async fn list_users(
         .list_users(
             params.search.as_deref(),
             params.cursor.as_deref(),
-            params.limit.unwrap_or(50),
+            super::extract::page_limit(params.limit, 50, 200)?,
         )
         .await?;
     let items: Vec<Value> = users.iter().map(|u| u.to_admin_json()).collect();
@@ -461,6 +460,7 @@ pub async fn revoke_user_sessions(
 #[into_params(parameter_in = Query)]
 pub struct MailParams {
     /// 1-500, default 100.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
 }
 
@@ -475,6 +475,8 @@ pub async fn list_mail(
     QueryParams(params): QueryParams<MailParams>,
 ) -> Result<axum::Json<Value>, ApiError> {
     Ok(axum::Json(Value::Array(
-        app.auth.outbox(params.limit.unwrap_or(100)).await?,
+        app.auth
+            .outbox(super::extract::page_limit(params.limit, 100, 500)?)
+            .await?,
     )))
 }

@@ -218,3 +218,13 @@ async fn principal(headers: &HeaderMap, app: &AppState) -> Result<Principal, Api
     }
     Ok(app.auth.authenticate(token).await?)
 }
+
+/// A page size: `default` when absent, 400 outside 1..=`max` (never silently clamped, so a
+/// client learns the bound instead of getting fewer items than it asked for).
+pub fn page_limit(limit: Option<u32>, default: u32, max: u32) -> Result<u32, ApiError> {
+    match limit {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::bad_request(format!("`limit` is 1 to {max}"))),
+    }
+}

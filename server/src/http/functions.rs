@@ -216,7 +216,10 @@ pub async fn put_alias(
 /// Query of the dead-letter list.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LimitQuery {
+    /// 1-1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
@@ -232,7 +235,7 @@ pub async fn list_dead_letters(
 ) -> Result<axum::Json<Value>, ApiError> {
     let items = app
         .functions
-        .dead_letters(q.limit.unwrap_or(100).min(1000))
+        .dead_letters(super::extract::page_limit(q.limit, 100, 1000)?)
         .await?;
     Ok(axum::Json(json!({ "items": items })))
 }
@@ -258,11 +261,14 @@ pub async fn replay_dead_letter(
 /// Query of the log list.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LogQuery {
     function: Option<String>,
     invocation: Option<String>,
     /// Lines after this id (for polling).
     after: Option<i64>,
+    /// 1-1000, default 200.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
@@ -282,7 +288,7 @@ pub async fn list_logs(
             q.function.as_deref(),
             q.invocation.as_deref(),
             q.after.unwrap_or(0),
-            q.limit.unwrap_or(200).min(1000),
+            super::extract::page_limit(q.limit, 200, 1000)?,
         )
         .await?;
     Ok(axum::Json(json!({ "items": items })))

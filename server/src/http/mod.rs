@@ -8,6 +8,7 @@ pub mod documents;
 pub mod error;
 pub mod extract;
 pub mod functions;
+pub mod listen;
 pub mod middleware;
 pub mod realtime;
 pub mod storage;
@@ -155,6 +156,7 @@ fn all_routes(app: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
 pub fn router(app: AppState) -> Router {
     let (routes, mut openapi) = all_routes(&app);
     openapi.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    complete_contract(&mut openapi);
     let doc = system::OpenApiJson(Arc::new(
         serde_json::to_string(&openapi).unwrap_or_else(|_| "{}".to_owned()),
     ));
@@ -192,6 +194,46 @@ pub fn router(app: AppState) -> Router {
         .layer(cors)
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(axum::middleware::from_fn(middleware::request_id))
+}
+
+/// What every operation shares, added to the document rather than repeated on each route:
+/// any status an operation does not list is an error in the envelope of `ErrorBody` (the
+/// middleware answers 400, 401, 405, 413, 415, 429, 500 and 503 on any route), and the
+/// logout body is optional (signing out the current session needs none).
+fn complete_contract(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, Required, ResponseBuilder};
+    let error = ResponseBuilder::new()
+        .description("an error: `{error: {code, message, details}}`")
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build();
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+            &mut item.head,
+            &mut item.options,
+        ];
+        for operation in operations.into_iter().flatten() {
+            operation
+                .responses
+                .responses
+                .entry("default".to_owned())
+                .or_insert_with(|| error.clone().into());
+            if path == "/v1/auth/logout"
+                && let Some(utoipa::openapi::RefOr::T(body)) = operation.request_body.as_mut()
+            {
+                body.required = Some(Required::False);
+            }
+        }
+    }
 }
 
 async fn route_not_found() -> ApiError {

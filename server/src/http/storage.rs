@@ -47,6 +47,7 @@ pub fn object_routes() -> Router<AppState> {
 #[openapi(paths(
     put_object_doc,
     get_object_doc,
+    delete_object_doc,
     list_objects_doc,
     post_object_doc,
     sign_url_doc
@@ -62,11 +63,17 @@ pub struct StorageDoc;
 fn put_object_doc() {}
 
 #[utoipa::path(get, path = "/v1/storage/{bucket}/{key}", tag = "storage",
-    description = "Download (`Range`, `If-None-Match`); also `HEAD` and `DELETE`.",
+    description = "Download (`Range`, `If-None-Match`); also `HEAD`.",
     params(("bucket" = String, Path), ("key" = String, Path)),
     responses((status = 200), (status = 206), (status = 304), (status = 404, body = ErrorBody), (status = 416, body = ErrorBody)))]
 #[allow(dead_code)]
 fn get_object_doc() {}
+
+#[utoipa::path(delete, path = "/v1/storage/{bucket}/{key}", tag = "storage",
+    params(("bucket" = String, Path), ("key" = String, Path)),
+    responses((status = 204, description = "deleted"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[allow(dead_code)]
+fn delete_object_doc() {}
 
 #[utoipa::path(get, path = "/v1/storage/{bucket}", tag = "storage",
     params(("bucket" = String, Path), ListParams),
@@ -494,12 +501,14 @@ async fn delete_object(
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Keys starting with this.
     prefix: Option<String>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
     /// 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
@@ -516,7 +525,7 @@ async fn list_objects(
             &bucket,
             params.prefix.as_deref().unwrap_or(""),
             params.cursor.as_deref(),
-            params.limit.unwrap_or(100),
+            super::extract::page_limit(params.limit, 100, 1000)?,
         )
         .await?;
     let items: Vec<Value> = rows.iter().map(object_json).collect();
@@ -540,11 +549,18 @@ async fn sign_url(
     request: Request,
 ) -> Result<Response, ApiError> {
     if path != "sign" {
-        return Err(ApiError::new(
+        use axum::response::IntoResponse;
+        let mut response = ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "this route does not accept that method",
-        ));
+        )
+        .into_response();
+        response.headers_mut().insert(
+            axum::http::header::ALLOW,
+            axum::http::HeaderValue::from_static("GET, HEAD, PUT, DELETE"),
+        );
+        return Ok(response);
     }
     let (mut parts, body) = request.into_parts();
     let CallerAuth(caller) = {
