@@ -183,7 +183,8 @@ async fn owner_only_rules_filter_lists_and_guard_writes(backend: Backend) {
     assert_eq!(status, StatusCode::NO_CONTENT);
 
     // The owner rule does not turn the indexed query into a scan: the plan for bob's list
-    // searches the `_owner` index.
+    // searches the declared `["_owner", "-_created_at"]` index by owner, which also gives
+    // the order.
     let (status, plan) = s
         .svc_json(
             Method::POST,
@@ -194,7 +195,12 @@ async fn owner_only_rules_filter_lists_and_guard_writes(backend: Backend) {
         .await;
     assert_eq!(status, StatusCode::OK, "{plan}");
     let text = plan["plan"].as_str().unwrap();
-    assert!(text.contains("_owner"), "{text}");
+    assert!(text.contains("owner"), "{text}");
+    assert_eq!(
+        plan["indexes_used"][0]["fields"],
+        json!(["_owner", "-_created_at"]),
+        "{plan}"
+    );
     assert!(
         !text.contains("Seq Scan") && !text.contains("SCAN fb_docs"),
         "{text}"

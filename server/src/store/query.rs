@@ -250,6 +250,13 @@ fn system_eq(d: &dyn Dialect, field: SystemField, value: &Value, b: &mut Binder)
             format!("version = {}", b.bind(number_param(n)))
         }
         (SystemField::Version, _) => d.false_sql().to_owned(),
+        // The rank term is redundant (`owner = ?` implies it) but names the leading key
+        // column of an index on `_owner` plus other fields, so the planner can use that
+        // index for an owner-scoped query (the usual `doc._owner == auth.id` list rule).
+        (SystemField::Owner, Value::String(s)) => format!(
+            "({OWNER_RANK} = 3 AND owner = {})",
+            b.bind(Param::Text(s.clone()))
+        ),
         (_, Value::String(s)) => format!("{col} = {}", b.bind(Param::Text(s.clone()))),
         _ => d.false_sql().to_owned(),
     }
