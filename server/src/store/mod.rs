@@ -518,6 +518,9 @@ impl Store {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
     use std::path::Path;
