@@ -200,7 +200,8 @@ impl App {
     }
 }
 
-/// Deletes auth rows (ended sessions, spent tokens, old outbox mail) a week after they end.
+/// Deletes auth rows (ended sessions, spent tokens, old outbox mail) a week after they end,
+/// and function log lines and succeeded jobs a week after they were written.
 async fn prune_auth_loop(
     store: Store,
     interval: std::time::Duration,
@@ -212,8 +213,12 @@ async fn prune_auth_loop(
             _ = tokio::time::sleep(interval.max(std::time::Duration::from_secs(60))) => {}
             _ = stop.changed() => return,
         }
-        if let Err(e) = store.auth().prune_auth(&crate::util::time::ago(KEEP)).await {
+        let cutoff = crate::util::time::ago(KEEP);
+        if let Err(e) = store.auth().prune_auth(&cutoff).await {
             tracing::warn!(error = %e, "pruning auth rows failed");
+        }
+        if let Err(e) = store.functions().prune_functions(&cutoff).await {
+            tracing::warn!(error = %e, "pruning function logs and jobs failed");
         }
     }
 }

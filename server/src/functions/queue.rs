@@ -240,7 +240,7 @@ impl Functions {
         if !self.store.functions().has_due(now).await? {
             return Ok(None);
         }
-        let lease = self.config.async_timeout.max(self.config.timeout) + Duration::from_secs(30);
+        let lease = self.config.async_timeout.max(self.config.timeout) + self.config.lease_grace;
         let lease_until = now + lease.as_millis() as i64;
         let at = crate::util::time::now();
         let mut jobs = self

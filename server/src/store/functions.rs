@@ -80,6 +80,9 @@ pub trait FunctionsRead: Send + Sync {
     async fn get_state(&self, key: &str) -> Result<Option<i64>>;
     /// Whether any job is due (queued with `run_at <= now`, or leased until before now).
     async fn has_due(&self, now: i64) -> Result<bool>;
+    /// Deletes log lines and succeeded jobs older than `cutoff` (dead letters stay until
+    /// replayed); returns the rows deleted.
+    async fn prune_functions(&self, cutoff: &str) -> Result<u64>;
 }
 
 #[async_trait]

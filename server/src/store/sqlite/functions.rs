@@ -166,6 +166,22 @@ impl FunctionsRead for SqliteBackend {
         Ok(due)
     }
 
+    async fn prune_functions(&self, cutoff: &str) -> Result<u64> {
+        let mut conn = self.write.acquire().await?;
+        let mut total = 0;
+        for sql in [
+            "DELETE FROM fb_fn_logs WHERE at < ?1",
+            "DELETE FROM fb_fn_jobs WHERE status = 'succeeded' AND updated_at < ?1",
+        ] {
+            total += sqlx::query(sql)
+                .bind(cutoff)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+        }
+        Ok(total)
+    }
+
     async fn get_state(&self, key: &str) -> Result<Option<i64>> {
         Ok(
             sqlx::query_scalar("SELECT value FROM fb_fn_state WHERE key = ?")
