@@ -88,7 +88,9 @@ pub struct Auth {
     pub(super) limiter: RateLimiter,
     pub(super) mailer: Arc<Mailer>,
     sessions: RwLock<HashMap<String, Verdict>>,
-    pub(super) http: reqwest::Client,
+    /// Outbound HTTP (OAuth, WeChat), built on first use: loading the TLS roots costs
+    /// milliseconds at start-up that a server without providers never needs.
+    http: std::sync::OnceLock<reqwest::Client>,
     pub(super) oauth: super::oauth::Providers,
 }
 
@@ -104,6 +106,18 @@ fn limit(config: &RateLimitConfig, per_account: bool) -> Limit {
 }
 
 impl Auth {
+    /// The outbound HTTP client (no redirects, 10 s timeout).
+    pub(super) fn http(&self) -> &reqwest::Client {
+        self.http.get_or_init(|| {
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("ferrobase/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .unwrap_or_default()
+        })
+    }
+
     pub async fn new(store: Store, config: AuthConfig) -> anyhow::Result<Auth> {
         // Outbound TLS (OAuth, WeChat, SMTP) uses rustls with ring; another caller in the
         // same process may have installed it already.
@@ -112,11 +126,6 @@ impl Auth {
         let tokens = Tokens::new(keys.clone(), config.issuer.clone(), config.access_token_ttl);
         let passwords = Passwords::new(config.password_concurrency, config.min_password_length);
         let mailer = Arc::new(Mailer::new(config.smtp.as_ref())?);
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("ferrobase/", env!("CARGO_PKG_VERSION")))
-            .build()?;
         let oauth = super::oauth::Providers::new(&config);
         Ok(Auth {
             store,
@@ -127,7 +136,7 @@ impl Auth {
             limiter: RateLimiter::default(),
             mailer,
             sessions: RwLock::new(HashMap::new()),
-            http,
+            http: std::sync::OnceLock::new(),
             oauth,
         })
     }
