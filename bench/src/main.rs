@@ -9,7 +9,9 @@
 //! fbbench docs --bin target/release/ferrobase --postgres postgres://postgres@127.0.0.1:5432/postgres
 //! ```
 
+mod compare;
 mod realtime;
+mod soak;
 mod storage;
 
 use std::process::Stdio;
@@ -49,6 +51,12 @@ enum Command {
     Realtime(realtime::RealtimeArgs),
     /// Object storage throughput (local disk and S3) and memory during a large upload.
     Storage(storage::StorageArgs),
+    /// Ferrobase and PocketBase side by side: every scenario, alternating, several rounds;
+    /// prints a table of medians and ratios.
+    Compare(compare::CompareArgs),
+    /// A long mixed load (documents, uploads, async functions, realtime) watching RSS,
+    /// file descriptors and errors.
+    Soak(soak::SoakArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -287,8 +295,18 @@ async fn ok_body(response: reqwest::Result<reqwest::Response>) -> bool {
     }
 }
 
-/// Runs `request(i)` from `concurrency` clients for `seconds`.
+/// Runs `request(i)` from `--concurrency` clients for `--seconds`.
 async fn run<F, Fut>(server: &Server, name: &str, args: &DocsArgs, request: F) -> Outcome
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    load(server.pid, name, args.concurrency, args.seconds, request).await
+}
+
+/// Runs `request(i)` from `concurrency` clients for `seconds` against the process `pid`
+/// (whose CPU time is charged to the requests).
+async fn load<F, Fut>(pid: u32, name: &str, concurrency: usize, seconds: u64, request: F) -> Outcome
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send,
@@ -296,10 +314,10 @@ where
     let request = Arc::new(request);
     let stop = Arc::new(AtomicBool::new(false));
     let counter = Arc::new(AtomicU64::new(0));
-    let cpu_before = server.cpu();
+    let cpu_before = proc_cpu(pid);
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..args.concurrency {
+    for _ in 0..concurrency {
         let request = request.clone();
         let stop = stop.clone();
         let counter = counter.clone();
@@ -318,7 +336,7 @@ where
             (latencies, errors)
         }));
     }
-    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
     stop.store(true, Ordering::Relaxed);
     let mut latencies = Vec::new();
     let mut errors = 0;
@@ -329,7 +347,7 @@ where
         }
     }
     let elapsed = started.elapsed();
-    let cpu = server.cpu().saturating_sub(cpu_before);
+    let cpu = proc_cpu(pid).saturating_sub(cpu_before);
     latencies.sort_unstable();
     Outcome {
         name: name.to_owned(),
@@ -1026,6 +1044,8 @@ fn main() -> anyhow::Result<()> {
             Command::Engine => engine(),
             Command::Realtime(args) => realtime::realtime(args).await,
             Command::Storage(args) => storage::storage(args).await,
+            Command::Compare(args) => compare::compare(args).await,
+            Command::Soak(args) => soak::soak(args).await,
         }
     })
 }

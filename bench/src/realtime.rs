@@ -27,25 +27,25 @@ use crate::{DocsArgs, KEY, Server};
 #[derive(clap::Args, Clone)]
 pub struct RealtimeArgs {
     #[arg(long, default_value = "target/release/ferrobase")]
-    bin: String,
+    pub bin: String,
     /// Subscriber counts to measure (comma list).
     #[arg(long, default_value = "1000,10000")]
-    subscribers: String,
+    pub subscribers: String,
     /// Spaced-out events per subscriber count.
     #[arg(long, default_value_t = 100)]
-    events: usize,
+    pub events: usize,
     /// Seconds of the sustained phase (at 1000 subscribers; 0 skips it).
     #[arg(long, default_value_t = 10)]
-    seconds: u64,
+    pub seconds: u64,
     /// Concurrent writers in the sustained phase.
     #[arg(long, default_value_t = 4)]
-    writers: usize,
+    pub writers: usize,
     /// The collection's `get` rule, evaluated per subscriber per event.
     #[arg(long, default_value = "true")]
-    rule: String,
+    pub rule: String,
     /// Also run against PocketBase (path to its binary).
     #[arg(long)]
-    pocketbase: Option<String>,
+    pub pocketbase: Option<String>,
 }
 
 fn unix_micros() -> u64 {
@@ -80,7 +80,7 @@ fn record(seen: &mut Seen, doc: &Value, delivered: &AtomicU64) {
 
 /// A system under test: how to subscribe and how to create a record.
 #[derive(Clone)]
-enum Target {
+pub enum Target {
     Ferrobase { url: String },
     PocketBase { url: String, token: String },
 }
@@ -235,13 +235,13 @@ fn pct(sorted: &[u64], p: f64) -> f64 {
 }
 
 /// One subscriber count against one target: a Markdown row per measurement.
-async fn measure(
+pub async fn measure(
     target: &Target,
     rss_kib: &dyn Fn() -> u64,
     cpu: &dyn Fn() -> Duration,
     subscribers: usize,
     args: &RealtimeArgs,
-) -> anyhow::Result<Vec<String>> {
+) -> anyhow::Result<Measured> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(subscribers + 64)
         .build()?;
@@ -333,29 +333,93 @@ async fn measure(
     per_delivery.sort_unstable();
     to_all.sort_unstable();
     create_us.sort_unstable();
-    let mut rows = vec![format!(
-        "| {} | {subscribers} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {complete}/{} | {:.1} | {:.1} |",
-        target.name(),
-        pct(&per_delivery, 0.5),
-        pct(&per_delivery, 0.99),
-        pct(&to_all, 0.5),
-        pct(&to_all, 0.99),
-        pct(&to_all, 1.0),
-        pct(&create_us, 0.5),
-        args.events,
-        per_conn / 1024.0,
+    Ok(Measured {
+        system: target.name(),
+        subscribers,
+        delivery_p50: pct(&per_delivery, 0.5),
+        delivery_p99: pct(&per_delivery, 0.99),
+        all_p50: pct(&to_all, 0.5),
+        all_p99: pct(&to_all, 0.99),
+        all_max: pct(&to_all, 1.0),
+        create_p50: pct(&create_us, 0.5),
+        complete,
+        events: args.events,
+        kib_per_conn: per_conn / 1024.0,
         connect_secs,
-    )];
-    if let Some((writes, got, expected, elapsed, cpu_ms)) = sustained {
-        rows.push(format!(
-            "| {} sustained, {} writers | 1000 | {:.0} events/s created | {:.0} deliveries/s | {got} of {expected} delivered in {elapsed:.1} s | {cpu_ms:.2} |",
-            target.name(),
-            args.writers,
-            writes as f64 / args.seconds as f64,
-            got as f64 / elapsed,
-        ));
+        sustained: sustained.map(|(writes, got, expected, elapsed, cpu_ms)| Sustained {
+            writers: args.writers,
+            created_per_s: writes as f64 / args.seconds as f64,
+            delivered_per_s: got as f64 / elapsed,
+            got,
+            expected,
+            elapsed,
+            cpu_ms_per_event: cpu_ms,
+        }),
+    })
+}
+
+/// One subscriber count against one target (times in milliseconds).
+pub struct Measured {
+    pub system: &'static str,
+    pub subscribers: usize,
+    pub delivery_p50: f64,
+    pub delivery_p99: f64,
+    pub all_p50: f64,
+    pub all_p99: f64,
+    pub all_max: f64,
+    pub create_p50: f64,
+    pub complete: usize,
+    pub events: usize,
+    pub kib_per_conn: f64,
+    pub connect_secs: f64,
+    pub sustained: Option<Sustained>,
+}
+
+/// The sustained phase at 1000 subscribers.
+pub struct Sustained {
+    pub writers: usize,
+    pub created_per_s: f64,
+    pub delivered_per_s: f64,
+    pub got: u64,
+    pub expected: u64,
+    pub elapsed: f64,
+    pub cpu_ms_per_event: f64,
+}
+
+impl Measured {
+    /// The latency row and, when there was a sustained phase, its row.
+    fn rows(&self) -> (String, Option<String>) {
+        let m = self;
+        let latency = format!(
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {}/{} | {:.1} | {:.1} |",
+            m.system,
+            m.subscribers,
+            m.delivery_p50,
+            m.delivery_p99,
+            m.all_p50,
+            m.all_p99,
+            m.all_max,
+            m.create_p50,
+            m.complete,
+            m.events,
+            m.kib_per_conn,
+            m.connect_secs,
+        );
+        let sustained = m.sustained.as_ref().map(|s| {
+            format!(
+                "| {} sustained, {} writers | 1000 | {:.0} events/s created | {:.0} deliveries/s | {} of {} delivered in {:.1} s | {:.2} |",
+                m.system,
+                s.writers,
+                s.created_per_s,
+                s.delivered_per_s,
+                s.got,
+                s.expected,
+                s.elapsed,
+                s.cpu_ms_per_event,
+            )
+        });
+        (latency, sustained)
     }
-    Ok(rows)
 }
 
 pub async fn realtime(args: RealtimeArgs) -> anyhow::Result<()> {
@@ -391,15 +455,16 @@ pub async fn realtime(args: RealtimeArgs) -> anyhow::Result<()> {
         let target = Target::Ferrobase {
             url: server.url.clone(),
         };
-        let rows = measure(
+        let (row, sustained) = measure(
             &target,
             &|| server.rss_kib(),
             &|| server.cpu(),
             count,
             &args,
         )
-        .await?;
-        println!("{}", rows[0]);
+        .await?
+        .rows();
+        println!("{row}");
         if let Ok(r) = reqwest::get(format!("{}/metrics", server.url)).await
             && let Ok(text) = r.text().await
         {
@@ -416,7 +481,7 @@ pub async fn realtime(args: RealtimeArgs) -> anyhow::Result<()> {
                 sum * 1000.0 / batches.max(1.0)
             );
         }
-        sustained_rows.extend(rows.into_iter().skip(1));
+        sustained_rows.extend(sustained);
         server.stop().await;
         if let Some(pb) = &args.pocketbase {
             let (mut child, url, pid, _dir) = start_pocketbase(pb).await?;
@@ -424,9 +489,9 @@ pub async fn realtime(args: RealtimeArgs) -> anyhow::Result<()> {
             let target = Target::PocketBase { url, token };
             let rss = move || crate::proc_rss_kib(pid);
             let cpu = move || crate::proc_cpu(pid);
-            let rows = measure(&target, &rss, &cpu, count, &args).await?;
-            println!("{}", rows[0]);
-            sustained_rows.extend(rows.into_iter().skip(1));
+            let (row, sustained) = measure(&target, &rss, &cpu, count, &args).await?.rows();
+            println!("{row}");
+            sustained_rows.extend(sustained);
             let _ = child.start_kill();
             let _ = child.wait().await;
         }
@@ -443,7 +508,7 @@ pub async fn realtime(args: RealtimeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn start_pocketbase(
+pub async fn start_pocketbase(
     bin: &str,
 ) -> anyhow::Result<(tokio::process::Child, String, u32, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
