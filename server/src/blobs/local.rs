@@ -107,8 +107,13 @@ impl Blobs for LocalBlobs {
             while let Some(file) = files.next_entry().await? {
                 let name = file.file_name().to_string_lossy().into_owned();
                 if valid_id(&name) {
-                    let modified = file.metadata().await?.modified()?;
-                    out.push((name, modified));
+                    // A blob deleted between reading the folder and looking at it (an
+                    // overwrite or delete finishing) is simply not listed.
+                    match file.metadata().await {
+                        Ok(meta) => out.push((name, meta.modified()?)),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e.into()),
+                    }
                 }
             }
         }
@@ -119,9 +124,19 @@ impl Blobs for LocalBlobs {
         let mut removed = 0;
         let mut files = tokio::fs::read_dir(self.root.join("tmp")).await?;
         while let Some(file) = files.next_entry().await? {
-            if file.metadata().await?.modified()? < before {
-                tokio::fs::remove_file(file.path()).await?;
-                removed += 1;
+            // Uploads finish (rename out of tmp/) while this runs: a file that is gone
+            // was not abandoned.
+            let modified = match file.metadata().await {
+                Ok(meta) => meta.modified()?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if modified < before {
+                match tokio::fs::remove_file(file.path()).await {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
         Ok(removed)

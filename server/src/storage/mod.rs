@@ -750,8 +750,12 @@ impl Storage {
         };
         for (blob, written) in self.blobs.list().await? {
             if written < before && !self.store.storage().blob_in_use(&blob).await? {
-                self.blobs.delete(&blob).await?;
-                removed += 1;
+                match self.blobs.delete(&blob).await {
+                    Ok(()) => removed += 1,
+                    // Removed meanwhile by the overwrite or delete that orphaned it.
+                    Err(blobs::Error::NotFound) => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
         Ok(removed)
