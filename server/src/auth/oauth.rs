@@ -244,7 +244,7 @@ impl Auth {
             issuer.trim_end_matches('/')
         );
         let doc: Value = self
-            .http()
+            .http()?
             .get(url)
             .send()
             .await
@@ -336,7 +336,7 @@ impl Auth {
             .ok_or_else(|| Error::OAuth("missing `code`".into()))?;
         let endpoints = self.endpoints(provider).await?;
         let answer: TokenAnswer = self
-            .http()
+            .http()?
             .post(&endpoints.token)
             .header("accept", "application/json")
             .form(&[
@@ -404,7 +404,7 @@ impl Auth {
             return Ok(set);
         }
         let set: JwkSet = self
-            .http()
+            .http()?
             .get(url)
             .send()
             .await
@@ -502,7 +502,7 @@ impl Auth {
             .as_deref()
             .ok_or_else(|| Error::OAuth("the provider has no userinfo endpoint".into()))?;
         let info: Value = self
-            .http()
+            .http()?
             .get(url)
             .bearer_auth(access)
             .header("accept", "application/json")
@@ -524,7 +524,12 @@ impl Auth {
             // Only an address GitHub marks verified (and primary) counts.
             let mut email = None;
             if let Some(emails_url) = &endpoints.emails
-                && let Ok(response) = self.http().get(emails_url).bearer_auth(access).send().await
+                && let Ok(response) = self
+                    .http()?
+                    .get(emails_url)
+                    .bearer_auth(access)
+                    .send()
+                    .await
                 && let Ok(Value::Array(list)) = response.json::<Value>().await
             {
                 email = list

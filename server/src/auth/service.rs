@@ -90,7 +90,7 @@ pub struct Auth {
     sessions: RwLock<HashMap<String, Verdict>>,
     /// Outbound HTTP (OAuth, WeChat), built on first use: loading the TLS roots costs
     /// milliseconds at start-up that a server without providers never needs.
-    http: std::sync::OnceLock<reqwest::Client>,
+    http: std::sync::OnceLock<Result<reqwest::Client, String>>,
     pub(super) oauth: super::oauth::Providers,
 }
 
@@ -106,16 +106,21 @@ fn limit(config: &RateLimitConfig, per_account: bool) -> Limit {
 }
 
 impl Auth {
-    /// The outbound HTTP client (no redirects, 10 s timeout).
-    pub(super) fn http(&self) -> &reqwest::Client {
-        self.http.get_or_init(|| {
-            reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .redirect(reqwest::redirect::Policy::none())
-                .user_agent(concat!("ferrobase/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .unwrap_or_default()
-        })
+    /// The outbound HTTP client (no redirects, 10 s timeout). Built on first use; if it
+    /// cannot be built the call fails rather than falling back to a client that follows
+    /// redirects.
+    pub(super) fn http(&self) -> Result<&reqwest::Client, super::Error> {
+        self.http
+            .get_or_init(|| {
+                reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .redirect(reqwest::redirect::Policy::none())
+                    .user_agent(concat!("ferrobase/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| super::Error::Internal(format!("the outbound HTTP client: {e}")))
     }
 
     pub async fn new(store: Store, config: AuthConfig) -> anyhow::Result<Auth> {

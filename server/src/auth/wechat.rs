@@ -43,7 +43,7 @@ impl Auth {
             config.api_base.trim_end_matches('/')
         );
         let response = self
-            .http()
+            .http()?
             .get(url)
             .query(&[
                 ("appid", app_id.as_str()),

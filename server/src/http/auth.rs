@@ -121,7 +121,7 @@ pub struct LogoutBody {
 }
 
 /// POST /v1/auth/logout — end this session (or the one of `refresh_token`, or `all`).
-#[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", request_body = LogoutBody,
+#[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", request_body = Option<LogoutBody>,
     responses((status = 204, description = "signed out"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
     security((), ("bearer" = [])))]
 pub async fn logout(

@@ -198,10 +198,9 @@ pub fn router(app: AppState) -> Router {
 
 /// What every operation shares, added to the document rather than repeated on each route:
 /// any status an operation does not list is an error in the envelope of `ErrorBody` (the
-/// middleware answers 400, 401, 405, 413, 415, 429, 500 and 503 on any route), and the
-/// logout body is optional (signing out the current session needs none).
+/// middleware answers 400, 401, 405, 413, 415, 429, 500 and 503 on any route).
 fn complete_contract(openapi: &mut utoipa::openapi::OpenApi) {
-    use utoipa::openapi::{ContentBuilder, Ref, Required, ResponseBuilder};
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
     let error = ResponseBuilder::new()
         .description("an error: `{error: {code, message, details}}`")
         .content(
@@ -211,7 +210,7 @@ fn complete_contract(openapi: &mut utoipa::openapi::OpenApi) {
                 .build(),
         )
         .build();
-    for (path, item) in openapi.paths.paths.iter_mut() {
+    for item in openapi.paths.paths.values_mut() {
         let operations = [
             &mut item.get,
             &mut item.put,
@@ -227,11 +226,6 @@ fn complete_contract(openapi: &mut utoipa::openapi::OpenApi) {
                 .responses
                 .entry("default".to_owned())
                 .or_insert_with(|| error.clone().into());
-            if path == "/v1/auth/logout"
-                && let Some(utoipa::openapi::RefOr::T(body)) = operation.request_body.as_mut()
-            {
-                body.required = Some(Required::False);
-            }
         }
     }
 }
