@@ -159,6 +159,10 @@ impl App {
                 stop_rx.clone(),
             )),
         ];
+        tasks.push(tokio::spawn(metrics_upkeep(
+            metrics.clone(),
+            stop_rx.clone(),
+        )));
         tasks.extend(realtime_tasks);
         tasks.push(storage.follow_remote());
         tasks.push(tokio::spawn(storage.clone().sweep_loop(stop_rx.clone())));
@@ -197,6 +201,21 @@ impl App {
             task.abort();
         }
         self.store.close().await;
+    }
+}
+
+/// Folds recorded histogram samples into their buckets every few seconds. The Prometheus
+/// recorder keeps every observation until upkeep (or a scrape) runs, so a server nobody
+/// scrapes grew by some 25 bytes per request without this (found by `fbbench soak`).
+async fn metrics_upkeep(
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => handle.run_upkeep(),
+            _ = stop.changed() => return,
+        }
     }
 }
 
