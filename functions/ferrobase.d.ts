@@ -75,6 +75,53 @@ declare module "ferrobase" {
     batch(ops: BatchOp[]): Promise<unknown[]>;
   }
 
+  /** An object as the storage API shows it. */
+  export interface StoredObject {
+    bucket: string;
+    key: string;
+    size: number;
+    content_type: string;
+    etag: string;
+    metadata: Record<string, string>;
+    /** The user who uploaded it (null when written by the service or an admin). */
+    owner: string | null;
+    created_at: string;
+    updated_at: string;
+  }
+
+  /** A downloaded object: its fields, and its bytes read three ways. */
+  export interface Download extends StoredObject {
+    /** The bytes read as UTF-8 (invalid sequences become U+FFFD). */
+    text(): string;
+    json(): unknown;
+    bytes(): Uint8Array;
+  }
+
+  export interface PutOptions {
+    /** Default: `text/plain; charset=utf-8` for a string, `application/octet-stream` for bytes. */
+    contentType?: string;
+    /** String values; names are lower-cased (letters, digits, `-`, `_`). */
+    metadata?: Record<string, string>;
+  }
+
+  export interface BucketRef {
+    /** Creates or replaces; bodies up to 4 MiB (sign a PUT URL for larger ones). */
+    put(key: string, body: string | Uint8Array | ArrayBuffer | ArrayBufferView, options?: PutOptions): Promise<StoredObject>;
+    /** Null when missing or hidden by the read rule; objects up to 4 MiB. */
+    get(key: string): Promise<Download | null>;
+    head(key: string): Promise<StoredObject | null>;
+    /** True when an object was deleted, false when there was none. */
+    delete(key: string): Promise<boolean>;
+    /** Keys in order; `limit` 1-1000 (default 100); only objects the caller may read. */
+    list(options?: { prefix?: string; cursor?: string; limit?: number }): Promise<{ items: StoredObject[]; next_cursor: string | null }>;
+    /** A URL that works without a token until it expires (default 3600 s). */
+    signUrl(key: string, options?: { method?: "GET" | "PUT"; expiresIn?: number }): Promise<{ url: string; method: string; expires_at: number }>;
+  }
+
+  export interface Storage {
+    bucket(name: string): BucketRef;
+  }
+
   export interface Logger {
     debug(...args: unknown[]): void;
     log(...args: unknown[]): void;
@@ -87,8 +134,10 @@ declare module "ferrobase" {
     auth: Auth | null;
     /** As the caller: collection rules apply. */
     db: Database;
+    /** As the caller: the bucket rules apply. */
+    storage: Storage;
     /** Bypasses rules. */
-    admin: { db: Database };
+    admin: { db: Database; storage: Storage };
     /** functions.env merged with functions.handlers.<name>.env. */
     env: Readonly<Record<string, string>>;
     log: Logger;

@@ -578,6 +578,7 @@ fn engine() -> anyhow::Result<()> {
             meta,
             Box::new(Quiet),
             far(),
+            None,
         );
         warm.push(t.elapsed().as_nanos() as u64);
         anyhow::ensure!(

@@ -137,6 +137,7 @@ impl App {
                 tracing::info!(bucket = %name, "bucket declared by the config file");
             }
         }
+        functions.attach_storage(storage.clone());
         let (stop, stop_rx) = watch::channel(false);
         let (realtime, realtime_tasks) = Realtime::start(
             documents.clone(),

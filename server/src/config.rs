@@ -195,6 +195,11 @@ pub struct HandlerConfig {
     pub timeout: Option<Duration>,
     /// Most concurrent invocations of this handler on one node (0: no limit but the pool).
     pub max_concurrency: usize,
+    /// Memory limit of the isolate while this handler runs, in MiB (default
+    /// `functions.memory_mb`). The isolate holds the version's modules too.
+    pub memory_mb: Option<usize>,
+    /// QuickJS stack limit while this handler runs, in KiB (default `functions.stack_kb`).
+    pub stack_kb: Option<usize>,
     /// Secrets only this handler sees, merged over `functions.env`.
     pub env: BTreeMap<String, String>,
 }
@@ -774,6 +779,18 @@ impl Config {
                 "functions.stack_kb must be between 64 and 2048 (a quarter of the 8 MiB worker stack)"
                     .to_owned(),
             );
+        }
+        for (name, h) in &f.handlers {
+            if h.memory_mb.is_some_and(|m| !(8..=4096).contains(&m)) {
+                problems.push(format!(
+                    "functions.handlers.{name}.memory_mb must be between 8 and 4096"
+                ));
+            }
+            if h.stack_kb.is_some_and(|k| !(64..=2048).contains(&k)) {
+                problems.push(format!(
+                    "functions.handlers.{name}.stack_kb must be between 64 and 2048"
+                ));
+            }
         }
         if !(1..=100).contains(&f.max_attempts) {
             problems.push("functions.max_attempts must be between 1 and 100".to_owned());

@@ -16,6 +16,8 @@ on_both_backends!(
     async_invocations_retry_then_dead_letter_and_replay,
     cron_ticks_and_never_overlaps,
     versions_split_traffic_stickily_and_roll_back,
+    storage_from_functions_keeps_the_bucket_rules,
+    object_and_auth_triggers_fire_with_their_payload,
 );
 
 const APP: &str = r#"
@@ -677,6 +679,64 @@ async fn resource_bombs_are_contained_and_the_server_carries_on() {
     s.assert_healthy().await;
 }
 
+const MEMORY: &str = r#"
+import { fb } from "ferrobase";
+let kept = null;
+const alloc = (mb) => new Uint8Array(mb << 20).length >> 20;
+fb.call("plain", (req) => alloc(req.data.mb));
+fb.call("big", (req) => alloc(req.data.mb));
+fb.call("small", (req) => alloc(req.data.mb));
+// Keeps its buffer in module state: the isolate stays above the usual limit afterwards.
+fb.call("keep", (req) => { kept = new Uint8Array(req.data.mb << 20); return kept.length >> 20; });
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_have_their_own_memory_limits() {
+    let s = Options::new(Backend::Sqlite)
+        .function_file("main.js", MEMORY)
+        .config(
+            r#"
+[functions]
+workers = 1
+memory_mb = 64
+[functions.handlers.big]
+memory_mb = 200
+[functions.handlers.keep]
+memory_mb = 200
+[functions.handlers.small]
+memory_mb = 16
+"#,
+        )
+        .start()
+        .await;
+    let ok = |mb: u32| json!({"result": mb});
+    // The usual limit: 24 MiB fits, 100 MiB does not.
+    assert_eq!(call(&s, "plain", json!({"mb": 24})).await.1, ok(24));
+    assert_error(
+        &call(&s, "plain", json!({"mb": 100})).await,
+        500,
+        "function_error",
+    );
+    // A handler with more memory may use it; one with less may not use the usual amount.
+    assert_eq!(call(&s, "big", json!({"mb": 100})).await.1, ok(100));
+    assert_error(
+        &call(&s, "small", json!({"mb": 24})).await,
+        500,
+        "function_error",
+    );
+    // ... and the usual limit is back for the others, on the one engine thread.
+    assert_eq!(call(&s, "plain", json!({"mb": 24})).await.1, ok(24));
+    assert_error(
+        &call(&s, "plain", json!({"mb": 100})).await,
+        500,
+        "function_error",
+    );
+    // An isolate left holding more than the usual limit is rebuilt, not reused.
+    assert_eq!(call(&s, "keep", json!({"mb": 100})).await.1, ok(100));
+    assert_eq!(call(&s, "plain", json!({"mb": 24})).await.1, ok(24));
+    s.assert_healthy().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_mode_reloads_the_functions_folder() {
     let s = Options::new(Backend::Sqlite)
@@ -752,4 +812,433 @@ async fn two_nodes_share_the_queue_and_fire_cron_once_per_tick() {
     assert!(seconds.len() >= 2, "{page}");
     let unique: std::collections::BTreeSet<_> = seconds.iter().collect();
     assert_eq!(unique.len(), seconds.len(), "a tick ran twice: {seconds:?}");
+}
+
+const FILES: &str = r#"
+import { fb } from "ferrobase";
+// `as`: "caller" (ctx.storage, bucket rules apply) or "admin" (ctx.admin.storage).
+const bucket = (req, ctx) => (req.data.as === "admin" ? ctx.admin.storage : ctx.storage).bucket(req.data.bucket || "files");
+const attempt = async (f) => { try { return { ok: await f() }; } catch (e) { return { err: e.code || e.name, status: e.status, message: e.message }; } };
+fb.call("put", (req, ctx) => attempt(() => bucket(req, ctx).put(req.data.key, req.data.text, req.data.options)));
+fb.call("putBytes", (req, ctx) => attempt(() => {
+  const bytes = new Uint8Array(256);
+  for (let i = 0; i < 256; i++) bytes[i] = 255 - i;
+  return bucket(req, ctx).put(req.data.key, req.data.buffer ? bytes.buffer : bytes.subarray(1));
+}));
+fb.call("get", (req, ctx) => attempt(async () => {
+  const o = await bucket(req, ctx).get(req.data.key);
+  if (o === null) return null;
+  const bytes = o.bytes();
+  return { key: o.key, size: o.size, type: o.content_type, owner: o.owner, metadata: o.metadata, text: o.text(),
+           bytes: Array.from(bytes.subarray(0, 4)), length: bytes.length, json: req.data.json ? o.json() : undefined };
+}));
+fb.call("head", (req, ctx) => attempt(() => bucket(req, ctx).head(req.data.key)));
+fb.call("list", (req, ctx) => attempt(() => bucket(req, ctx).list(req.data.options)));
+fb.call("del", (req, ctx) => attempt(() => bucket(req, ctx).delete(req.data.key)));
+fb.call("sign", (req, ctx) => attempt(() => bucket(req, ctx).signUrl(req.data.key, req.data.options)));
+fb.call("odd", (req, ctx) => Promise.all([
+  { obj: 1 }, null, 12, new Uint8Array((4 << 20) + 1),
+].map((body) => attempt(() => ctx.admin.storage.bucket("files").put("odd", body)))));
+"#;
+
+/// Calls `name` as `session` (None: anonymously) and returns the handler's `{ok}`/`{err}`.
+async fn call_as(s: &TestServer, session: Option<&Value>, name: &str, data: Value) -> Value {
+    let mut request = s
+        .req(Method::POST, &format!("/v1/functions/{name}"))
+        .json(&data);
+    if let Some(session) = session {
+        request = request.header("authorization", crate::helpers::bearer(session));
+    }
+    let (status, body) = s.send(request).await;
+    assert_eq!(status, StatusCode::OK, "{name} {data}: {body}");
+    body["result"].clone()
+}
+
+async fn storage_from_functions_keeps_the_bucket_rules(backend: Backend) {
+    let s = Options::new(backend)
+        .function_file("main.js", FILES)
+        .start()
+        .await;
+    let (status, out) = s
+        .svc_json(
+            Method::POST,
+            "/v1/admin/buckets",
+            json!({"name": "files", "rules": {
+                "read": "auth != null && object.owner == auth.id",
+                "write": "auth != null && !object.key.startsWith('locked/')",
+                "delete": "auth != null && object.owner == auth.id"},
+                "content_types": ["text/*", "application/json", "application/octet-stream"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{out}");
+    let ann = crate::helpers::signup(&s, "ann@example.com").await;
+    let bob = crate::helpers::signup(&s, "bob@example.com").await;
+    let ann_id = ann["user"]["id"].as_str().unwrap().to_owned();
+
+    // Written as the caller: the object is theirs; metadata and content type as given.
+    let put = call_as(
+        &s,
+        Some(&ann),
+        "put",
+        json!({"key": "notes/a.json", "text": "{\"n\": 1}",
+        "options": {"contentType": "application/json", "metadata": {"Kind": "note"}}}),
+    )
+    .await;
+    assert_eq!(put["ok"]["owner"], ann_id.as_str(), "{put}");
+    assert_eq!(put["ok"]["size"], 8);
+    assert_eq!(put["ok"]["metadata"], json!({"kind": "note"}));
+    // The HTTP API sees the same object and bytes.
+    let response = s
+        .req(Method::GET, "/v1/storage/files/notes/a.json")
+        .header("authorization", crate::helpers::bearer(&ann))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert_eq!(response.text().await.unwrap(), "{\"n\": 1}");
+
+    // Read back as text, bytes and JSON; a string body defaults to UTF-8 text.
+    let got = call_as(
+        &s,
+        Some(&ann),
+        "get",
+        json!({"key": "notes/a.json", "json": true}),
+    )
+    .await;
+    assert_eq!(got["ok"]["text"], "{\"n\": 1}", "{got}");
+    assert_eq!(got["ok"]["json"], json!({"n": 1}));
+    assert_eq!(got["ok"]["bytes"], json!([123, 34, 110, 34]));
+    let put = call_as(
+        &s,
+        Some(&ann),
+        "put",
+        json!({"key": "notes/ü.txt", "text": "grüße ✓"}),
+    )
+    .await;
+    assert_eq!(
+        put["ok"]["content_type"], "text/plain; charset=utf-8",
+        "{put}"
+    );
+    assert_eq!(put["ok"]["size"], "grüße ✓".len());
+    let got = call_as(&s, Some(&ann), "get", json!({"key": "notes/ü.txt"})).await;
+    assert_eq!(got["ok"]["text"], "grüße ✓");
+
+    // Bytes: every value 0..=255 survives, from a Uint8Array view or an ArrayBuffer.
+    let put = call_as(
+        &s,
+        Some(&ann),
+        "putBytes",
+        json!({"key": "bin/all", "buffer": true}),
+    )
+    .await;
+    assert_eq!(
+        put["ok"]["content_type"], "application/octet-stream",
+        "{put}"
+    );
+    let raw = s
+        .req(Method::GET, "/v1/storage/files/bin/all")
+        .header("authorization", crate::helpers::bearer(&ann))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(raw.to_vec(), (0..=255u8).rev().collect::<Vec<u8>>());
+    call_as(&s, Some(&ann), "putBytes", json!({"key": "bin/view"})).await;
+    let got = call_as(&s, Some(&ann), "get", json!({"key": "bin/view"})).await;
+    assert_eq!(got["ok"]["length"], 255, "{got}");
+    assert_eq!(got["ok"]["bytes"], json!([254, 253, 252, 251]));
+
+    // Another user: the read rule hides ann's objects (null, as if missing), delete is denied,
+    // the list shows only what they may read.
+    let hidden = call_as(&s, Some(&bob), "get", json!({"key": "notes/a.json"})).await;
+    assert_eq!(hidden, json!({"ok": null}));
+    let denied = call_as(&s, Some(&bob), "del", json!({"key": "notes/a.json"})).await;
+    assert_eq!(denied["err"], "forbidden", "{denied}");
+    assert_eq!(denied["status"], 403);
+    call_as(
+        &s,
+        Some(&bob),
+        "put",
+        json!({"key": "notes/b.txt", "text": "bob"}),
+    )
+    .await;
+    let listed = call_as(
+        &s,
+        Some(&bob),
+        "list",
+        json!({"options": {"prefix": "notes/"}}),
+    )
+    .await;
+    let keys: Vec<&str> = listed["ok"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, vec!["notes/b.txt"], "{listed}");
+    // ... while the admin API bypasses the rules.
+    let listed = call_as(
+        &s,
+        Some(&bob),
+        "list",
+        json!({"as": "admin", "options": {"prefix": "notes/", "limit": 2}}),
+    )
+    .await;
+    assert_eq!(
+        listed["ok"]["items"].as_array().unwrap().len(),
+        2,
+        "{listed}"
+    );
+    let cursor = listed["ok"]["next_cursor"]
+        .as_str()
+        .expect("a next page")
+        .to_owned();
+    let rest = call_as(
+        &s,
+        Some(&bob),
+        "list",
+        json!({"as": "admin", "options": {"prefix": "notes/", "cursor": cursor}}),
+    )
+    .await;
+    assert_eq!(rest["ok"]["items"].as_array().unwrap().len(), 1, "{rest}");
+    assert_eq!(rest["ok"]["next_cursor"], Value::Null);
+    let got = call_as(
+        &s,
+        Some(&bob),
+        "get",
+        json!({"as": "admin", "key": "notes/a.json"}),
+    )
+    .await;
+    assert_eq!(got["ok"]["owner"], ann_id.as_str());
+
+    // Anonymous callers have no write rule match; a denied write stores nothing.
+    let anon = call_as(&s, None, "put", json!({"key": "anon.txt", "text": "x"})).await;
+    assert_eq!(anon["err"], "forbidden", "{anon}");
+    let locked = call_as(
+        &s,
+        Some(&ann),
+        "put",
+        json!({"key": "locked/x", "text": "x"}),
+    )
+    .await;
+    assert_eq!(locked["err"], "forbidden", "{locked}");
+    let head = call_as(
+        &s,
+        Some(&ann),
+        "head",
+        json!({"as": "admin", "key": "locked/x"}),
+    )
+    .await;
+    assert_eq!(head, json!({"ok": null}));
+
+    // Bad input: clear errors, nothing stored.
+    for (data, code) in [
+        (json!({"key": "../etc/passwd", "text": "x"}), "bad_request"),
+        (json!({"key": "/abs", "text": "x"}), "bad_request"),
+        (
+            json!({"key": "ok.txt", "text": "x", "options": {"contentType": "nonsense"}}),
+            "bad_request",
+        ),
+        (
+            json!({"key": "ok.txt", "text": "x", "options": {"contentType": "image/png"}}),
+            "unsupported_media_type",
+        ),
+        (
+            json!({"key": "ok.txt", "text": "x", "options": {"metadata": {"n": 1}}}),
+            "bad_request",
+        ),
+        (
+            json!({"key": "ok.txt", "text": "x", "options": {"metadata": {"a b": "c"}}}),
+            "bad_request",
+        ),
+        (
+            json!({"key": "ok.txt", "text": "x", "bucket": "nope"}),
+            "bucket_not_found",
+        ),
+    ] {
+        let out = call_as(&s, Some(&ann), "put", data.clone()).await;
+        assert_eq!(out["err"], code, "{data}: {out}");
+    }
+    let head = call_as(
+        &s,
+        Some(&ann),
+        "head",
+        json!({"as": "admin", "key": "ok.txt"}),
+    )
+    .await;
+    assert_eq!(head, json!({"ok": null}));
+    let odd = call_as(&s, None, "odd", json!({})).await;
+    assert_eq!(
+        odd.as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["err"].clone())
+            .collect::<Vec<_>>(),
+        vec![
+            json!("TypeError"),
+            json!("TypeError"),
+            json!("TypeError"),
+            json!("RangeError")
+        ],
+        "{odd}"
+    );
+
+    // Signed URLs obey the caller's rules, and work without a token.
+    let denied = call_as(&s, Some(&bob), "sign", json!({"key": "notes/a.json"})).await;
+    assert_eq!(denied["err"], "not_found", "{denied}");
+    let signed = call_as(
+        &s,
+        Some(&ann),
+        "sign",
+        json!({"key": "notes/a.json", "options": {"expiresIn": 60}}),
+    )
+    .await;
+    assert_eq!(signed["ok"]["method"], "GET", "{signed}");
+    let body = reqwest::get(signed["ok"]["url"].as_str().unwrap())
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "{\"n\": 1}");
+    let too_long = call_as(
+        &s,
+        Some(&ann),
+        "sign",
+        json!({"key": "notes/a.json", "options": {"expiresIn": 10_000_000}}),
+    )
+    .await;
+    assert_eq!(too_long["err"], "bad_request", "{too_long}");
+
+    // Delete: true once, then false (nothing there).
+    let deleted = call_as(&s, Some(&ann), "del", json!({"key": "notes/a.json"})).await;
+    assert_eq!(deleted, json!({"ok": true}));
+    let again = call_as(&s, Some(&ann), "del", json!({"key": "notes/a.json"})).await;
+    assert_eq!(again, json!({"ok": false}));
+    let (status, _) = s
+        .send(s.svc(Method::GET, "/v1/storage/files/notes/a.json"))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    s.assert_healthy().await;
+}
+
+const OBJECT_TRIGGERS: &str = r#"
+import { fb } from "ferrobase";
+const record = (kind) => async (e, ctx) => {
+  await ctx.admin.db.collection("seen").add({ kind, op: e.op, key: e.key || null, bucket: e.bucket || null,
+    size: e.object ? e.object.size : null, before: e.before ? e.before.size : null, seq: e.seq,
+    user: e.user ? (e.user.email || e.user.id) : null, by: e.auth && e.auth.id });
+};
+fb.afterUpload("pics", record("afterUpload"));
+fb.afterObjectDelete("pics", record("afterObjectDelete"));
+for (const event of ["signup", "login", "delete"]) fb.onAuth(event, record(event));
+// An object written by a function sets off the bucket's trigger too.
+fb.call("thumb", async (req, ctx) => ctx.admin.storage.bucket("pics").put("thumbs/1", "tiny"));
+// A trigger that uploads into its own bucket stops at depth 3, like one on a collection.
+fb.afterUpload("loop", async (e, ctx) => { await ctx.admin.storage.bucket("loop").put(`n${Number(e.key.slice(1)) + 1}`, "x"); });
+"#;
+
+async fn object_and_auth_triggers_fire_with_their_payload(backend: Backend) {
+    let s = Options::new(backend)
+        .function_file("main.js", OBJECT_TRIGGERS)
+        .start()
+        .await;
+    s.collection("seen", json!({})).await;
+    let (status, out) = s
+        .svc_json(Method::POST, "/v1/admin/buckets", json!({"name": "pics", "rules": {"write": "auth != null", "read": "true", "delete": "auth != null"}}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{out}");
+    let ann = crate::helpers::signup(&s, "ann@example.com").await;
+    let ann_id = ann["user"]["id"].as_str().unwrap().to_owned();
+    let (status, body) = s
+        .send(
+            s.req(Method::POST, "/v1/auth/login")
+                .json(&json!({"email": "ann@example.com", "password": "correct horse battery"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let upload = |bytes: &'static [u8]| {
+        s.req(Method::PUT, "/v1/storage/pics/a.png")
+            .header("authorization", crate::helpers::bearer(&ann))
+            .body(bytes)
+    };
+    assert_eq!(s.send(upload(b"12345")).await.0, StatusCode::CREATED);
+    assert_eq!(s.send(upload(b"123")).await.0, StatusCode::OK);
+    let (status, _) = s
+        .send(
+            s.req(Method::DELETE, "/v1/storage/pics/a.png")
+                .header("authorization", crate::helpers::bearer(&ann)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = call(&s, "thumb", json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = s
+        .send(s.svc(Method::DELETE, &format!("/v1/admin/users/{ann_id}")))
+        .await;
+    assert!(status.is_success(), "{status}");
+
+    let want = 7;
+    let seen = eventually(Duration::from_secs(10), || async {
+        let (_, page) = s.svc_get("/v1/db/seen?sort=seq&limit=100").await;
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        (items.len() >= want).then_some(items)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (_, page) = s.svc_get("/v1/db/seen?count=true&limit=1").await;
+    assert_eq!(page["count"], want, "exactly one run per event: {page}");
+    let rows: Vec<Value> = seen
+        .iter()
+        .map(|e| {
+            json!([
+                e["kind"],
+                e["key"],
+                e["size"],
+                e["before"],
+                e["user"],
+                e["by"]
+            ])
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            json!(["signup", null, null, null, "ann@example.com", ann_id]),
+            json!(["login", null, null, null, "ann@example.com", ann_id]),
+            json!(["afterUpload", "a.png", 5, null, null, ann_id]),
+            json!(["afterUpload", "a.png", 3, 5, null, ann_id]),
+            json!(["afterObjectDelete", "a.png", null, 3, null, ann_id]),
+            json!(["afterUpload", "thumbs/1", 4, null, null, null]),
+            json!(["delete", null, null, null, ann_id, ann_id]),
+        ],
+        "{seen:#?}"
+    );
+    assert!(
+        seen.iter()
+            .all(|e| e["bucket"] == "pics" || e["key"].is_null())
+    );
+
+    // A self-triggering chain through a bucket stops: the client's upload plus three levels.
+    let (status, out) = s
+        .svc_json(Method::POST, "/v1/admin/buckets", json!({"name": "loop"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{out}");
+    let (status, _) = s
+        .send(s.svc(Method::PUT, "/v1/storage/loop/n0").body("x"))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let count = || async {
+        let (_, page) = s.svc_get("/v1/storage/loop?limit=100").await;
+        page["items"].as_array().map_or(0, Vec::len)
+    };
+    eventually(Duration::from_secs(10), || async {
+        (count().await == 4).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(count().await, 4);
 }

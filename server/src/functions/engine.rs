@@ -119,6 +119,8 @@ pub struct Isolate {
     bridge: SharedBridge,
     unhandled: Unhandled,
     poisoned: bool,
+    /// The limits it was built with; a handler's own limits apply only while it runs.
+    limits: Limits,
 }
 
 impl Drop for Isolate {
@@ -186,6 +188,7 @@ impl Isolate {
             bridge,
             unhandled,
             poisoned: false,
+            limits,
         };
         let manifest = isolate.init(files, fetch)?;
         isolate.deadline.set(None);
@@ -230,6 +233,16 @@ impl Isolate {
                     .map_err(|e| e.to_string())?;
                 host.set("op", op).map_err(|e| e.to_string())?;
                 host.set("log", log).map_err(|e| e.to_string())?;
+                host.set(
+                    "bytes",
+                    base64_function(&ctx, false).map_err(|e| e.to_string())?,
+                )
+                .map_err(|e| e.to_string())?;
+                host.set(
+                    "utf8",
+                    base64_function(&ctx, true).map_err(|e| e.to_string())?,
+                )
+                .map_err(|e| e.to_string())?;
                 host.set("fetch", fetch).map_err(|e| e.to_string())?;
                 globals
                     .set("__fb_host", host.clone())
@@ -284,6 +297,10 @@ impl Isolate {
 
     /// Runs one handler: `kind` is `call`, `trigger`, `cron` or `auth`; `payload` and
     /// `meta` are JSON texts (see `prelude.js`).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the pool's one call site passes a task's fields through"
+    )]
     pub fn invoke(
         &mut self,
         kind: &str,
@@ -292,12 +309,17 @@ impl Isolate {
         meta: &str,
         bridge: Box<dyn Bridge>,
         deadline: Instant,
+        limits: Option<Limits>,
     ) -> Outcome {
         let Some(host) = self.host.clone() else {
             return Outcome::Failed {
                 detail: "BUG: isolate without host".into(),
             };
         };
+        if let Some(own) = limits {
+            self.runtime.set_memory_limit(own.memory);
+            self.runtime.set_max_stack_size(own.stack);
+        }
         *self.bridge.borrow_mut() = Some(bridge);
         self.deadline.set(Some(deadline));
         let deadline_cell = self.deadline.clone();
@@ -341,6 +363,14 @@ impl Isolate {
         // the runtime may be near its limits, so it is rebuilt either way.
         let fault = matches!(&outcome, Outcome::Failed { detail } if detail.contains("out of memory") || detail.contains("stack overflow"));
         self.poisoned = poison || timed_out || fault;
+        if limits.is_some() {
+            self.runtime.set_memory_limit(self.limits.memory);
+            self.runtime.set_max_stack_size(self.limits.stack);
+            // A handler allowed more memory may leave the isolate above the usual limit,
+            // where the next handler would fail at once: rebuild it instead.
+            let used = usize::try_from(self.memory_used()).unwrap_or(usize::MAX);
+            self.poisoned |= used > self.limits.memory;
+        }
         let leftovers: Vec<String> = self
             .unhandled
             .borrow_mut()
@@ -472,6 +502,28 @@ fn describe_value(v: &Value<'_>) -> String {
         return ex.message().unwrap_or_default();
     }
     format!("a thrown {}", v.type_name())
+}
+
+/// The native decoders of object bodies (which cross the bridge as base64): to an
+/// `ArrayBuffer`, or (`text`) to a string read as UTF-8.
+fn base64_function<'js>(ctx: &Ctx<'js>, text: bool) -> rquickjs::Result<Function<'js>> {
+    Function::new(
+        ctx.clone(),
+        move |ctx: Ctx<'js>, encoded: Value<'js>| -> rquickjs::Result<Value<'js>> {
+            use base64::Engine;
+            let decoded = encoded
+                .as_string()
+                .and_then(|s| s.to_string().ok())
+                .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+                .ok_or_else(|| rquickjs::Exception::throw_type(&ctx, "not a body"))?;
+            if text {
+                let s = String::from_utf8_lossy(&decoded);
+                Ok(rquickjs::String::from_str(ctx, &s)?.into_value())
+            } else {
+                Ok(rquickjs::ArrayBuffer::new_copy(ctx, decoded)?.into_value())
+            }
+        },
+    )
 }
 
 fn op_function<'js>(ctx: &Ctx<'js>, bridge: SharedBridge) -> rquickjs::Result<Function<'js>> {

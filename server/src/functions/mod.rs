@@ -118,6 +118,7 @@ pub struct Functions {
     config: FunctionsConfig,
     store: Store,
     documents: OnceLock<Documents>,
+    storage: OnceLock<Arc<crate::storage::Storage>>,
     pool: Pool,
     routes: RwLock<Routes>,
     handle: tokio::runtime::Handle,
@@ -298,6 +299,7 @@ impl Functions {
             config,
             store,
             documents: OnceLock::new(),
+            storage: OnceLock::new(),
             pool,
             routes: RwLock::new(Routes::default()),
             handle: tokio::runtime::Handle::current(),
@@ -316,6 +318,11 @@ impl Functions {
     /// documents service exists: it holds this service as its hooks).
     pub fn attach(&self, documents: Documents) {
         let _ = self.documents.set(documents);
+    }
+
+    /// Gives handlers `ctx.storage` (storage is opened after the engine).
+    pub fn attach_storage(&self, storage: Arc<crate::storage::Storage>) {
+        let _ = self.storage.set(storage);
     }
 
     fn documents(&self) -> Result<&Documents, Error> {
@@ -791,6 +798,18 @@ impl Functions {
         json!(env)
     }
 
+    /// A handler's own memory and stack limits (`functions.handlers.<name>`), if it has any.
+    fn limits_for(&self, name: &str) -> Option<Limits> {
+        let handler = self.config.handlers.get(name)?;
+        if handler.memory_mb.is_none() && handler.stack_kb.is_none() {
+            return None;
+        }
+        Some(Limits {
+            memory: handler.memory_mb.unwrap_or(self.config.memory_mb) << 20,
+            stack: handler.stack_kb.unwrap_or(self.config.stack_kb) << 10,
+        })
+    }
+
     /// Runs one handler on the pool; captures its logs and counts it.
     #[expect(
         clippy::too_many_arguments,
@@ -831,6 +850,7 @@ impl Functions {
             deadline,
             logs: logs.clone(),
             fetch: self.fetch.clone(),
+            storage: self.storage.get().cloned(),
         };
         let work = Work::Invoke {
             kind: kind.as_str(),
@@ -838,6 +858,7 @@ impl Functions {
             payload,
             meta,
             bridge: Box::new(bridge),
+            limits: self.limits_for(name),
         };
         let done = self
             .pool

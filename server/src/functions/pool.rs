@@ -35,6 +35,8 @@ pub enum Work {
         payload: String,
         meta: String,
         bridge: Box<dyn Bridge + Send>,
+        /// The handler's own memory and stack limits, when configured.
+        limits: Option<Limits>,
     },
 }
 
@@ -297,8 +299,10 @@ fn run_task(shared: &Shared, isolates: &mut HashMap<i64, Isolate>, task: Task) {
             payload,
             meta,
             bridge,
+            limits,
         } => {
-            let outcome = isolate.invoke(kind, &key, &payload, &meta, bridge, task.deadline);
+            let outcome =
+                isolate.invoke(kind, &key, &payload, &meta, bridge, task.deadline, limits);
             Done::Invoked { outcome, cold }
         }
     };

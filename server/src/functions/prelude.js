@@ -5,6 +5,10 @@ const host = globalThis.__fb_host;
 delete globalThis.__fb_host;
 const hostOp = host.op;
 const hostLog = host.log;
+const hostBytes = host.bytes;
+const hostUtf8 = host.utf8;
+const fromCharCode = String.fromCharCode;
+const isView = ArrayBuffer.isView;
 const stringify = JSON.stringify;
 const parse = JSON.parse;
 const freeze = Object.freeze;
@@ -128,6 +132,75 @@ function database(as) {
   });
 }
 
+// ---- storage ----
+
+const MAX_OBJECT = 4 << 20;
+
+// A body crosses the bridge as JSON: a string as itself, bytes one char per byte.
+function bodyArgs(body) {
+  if (typeof body === "string") return { text: body };
+  let view;
+  if (body instanceof ArrayBuffer) view = new Uint8Array(body);
+  else if (isView(body)) view = new Uint8Array(body.buffer, body.byteOffset, body.byteLength);
+  else {
+    throw new TypeError("put: the body is a string, a Uint8Array or an ArrayBuffer (JSON.stringify objects first)");
+  }
+  if (view.length > MAX_OBJECT) {
+    throw new RangeError(`put: functions write objects of at most ${MAX_OBJECT >> 20} MiB; sign a URL for larger ones`);
+  }
+  let binary = "";
+  for (let i = 0; i < view.length; i += 8192) binary += fromCharCode.apply(null, view.subarray(i, i + 8192));
+  return { binary };
+}
+
+const attempt = (build) => {
+  try {
+    return Promise.resolve(build());
+  } catch (e) {
+    return Promise.reject(e);
+  }
+};
+
+function downloaded(r) {
+  if (r === null) return null;
+  const body = r.body;
+  return freeze({
+    ...r.object,
+    text: () => hostUtf8(body),
+    json: () => parse(hostUtf8(body)),
+    bytes: () => new Uint8Array(hostBytes(body)),
+  });
+}
+
+function storage(as) {
+  return freeze({
+    bucket(bucket) {
+      const args = (key, extra) => ({ as, bucket, key: key === undefined ? undefined : String(key), ...extra });
+      return freeze({
+        put: (key, body, options) =>
+          attempt(() => {
+            const o = options || {};
+            return op(
+              "storage.put",
+              args(key, { ...bodyArgs(body), content_type: o.contentType, metadata: o.metadata }),
+            );
+          }),
+        get: (key) => run("storage.get", args(key)).then(downloaded),
+        head: (key) => run("storage.head", args(key)),
+        delete: (key) => run("storage.delete", args(key)),
+        list: (options) => {
+          const o = options || {};
+          return run("storage.list", { as, bucket, prefix: o.prefix, cursor: o.cursor, limit: o.limit });
+        },
+        signUrl: (key, options) => {
+          const o = options || {};
+          return run("storage.sign", args(key, { method: o.method, expires_in: o.expiresIn }));
+        },
+      });
+    },
+  });
+}
+
 function format(args) {
   let out = "";
   for (let i = 0; i < args.length; i++) {
@@ -160,7 +233,8 @@ globalThis.console = logger;
 
 const dbAsCaller = database("caller");
 const dbAsAdmin = database("admin");
-const admin = freeze({ db: dbAsAdmin });
+const storageAsCaller = storage("caller");
+const admin = freeze({ db: dbAsAdmin, storage: storage("admin") });
 
 if (host.fetch) {
   globalThis.fetch = (url, init) =>
@@ -202,6 +276,7 @@ host.dispatch = async function dispatch(kind, key, payloadText, metaText) {
       function: meta.function,
       invocation: meta.invocation,
       db: dbAsCaller,
+      storage: storageAsCaller,
       admin,
       log: logger,
     });

@@ -19,9 +19,6 @@ use crate::storage::bucket::{BucketRules, BucketSpec};
 use crate::storage::{Actor, ObjectKey, Upload, object_json};
 use crate::store::storage::ObjectRow;
 
-/// Most bytes of `X-Meta-*` metadata on one object.
-const MAX_METADATA: usize = 8 * 1024;
-
 /// The object routes: a key may contain `/`, which utoipa's router cannot express, so
 /// they are plain axum routes documented through [`StorageDoc`].
 pub fn object_routes() -> Router<AppState> {
@@ -185,15 +182,8 @@ fn content_type(headers: &HeaderMap) -> Result<String, ApiError> {
         Some(v) => {
             let text = v
                 .to_str()
-                .map_err(|_| ApiError::bad_request("Content-Type must be ASCII"))?
-                .trim();
-            let essence = crate::storage::bucket::essence(text);
-            if text.len() > 255 || !essence.contains('/') {
-                return Err(ApiError::bad_request(
-                    "Content-Type must be like `image/png`",
-                ));
-            }
-            Ok(text.to_owned())
+                .map_err(|_| ApiError::bad_request("Content-Type must be ASCII"))?;
+            Ok(crate::storage::check_content_type(text)?)
         }
     }
 }
@@ -201,22 +191,15 @@ fn content_type(headers: &HeaderMap) -> Result<String, ApiError> {
 /// `X-Meta-Name: value` headers → `{"name": "value"}`.
 fn metadata(headers: &HeaderMap) -> Result<Map<String, Value>, ApiError> {
     let mut out = Map::new();
-    let mut total = 0;
     for (name, value) in headers {
         if let Some(field) = name.as_str().strip_prefix("x-meta-") {
             let value = value
                 .to_str()
                 .map_err(|_| ApiError::bad_request("X-Meta-* values must be visible ASCII"))?;
-            total += field.len() + value.len();
             out.insert(field.to_owned(), Value::String(value.to_owned()));
         }
     }
-    if total > MAX_METADATA {
-        return Err(ApiError::bad_request(format!(
-            "metadata is at most {MAX_METADATA} bytes"
-        )));
-    }
-    Ok(out)
+    Ok(crate::storage::check_metadata(out)?)
 }
 
 async fn post_object(
@@ -248,10 +231,10 @@ async fn post_object(
                     ApiError::bad_request("send a `key` field before `file`, or a file name")
                 })?;
                 let key = parse_key(&chosen)?;
-                let content_type = field
-                    .content_type()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| "application/octet-stream".into());
+                let content_type = match field.content_type() {
+                    Some(text) => crate::storage::check_content_type(text)?,
+                    None => "application/octet-stream".into(),
+                };
                 let body = Box::pin(field.map_err(std::io::Error::other));
                 let upload = Upload {
                     key,

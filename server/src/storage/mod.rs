@@ -804,17 +804,70 @@ enum Deleted {
     Changed,
 }
 
+/// Most bytes of metadata (names and values) on one object.
+pub const MAX_METADATA: usize = 8 * 1024;
+
+/// A content type as given (trimmed), checked to be a `type/subtype` of at most 255 bytes.
+pub fn check_content_type(text: &str) -> Result<String, Error> {
+    let text = text.trim();
+    let essence = bucket::essence(text);
+    if text.len() > 255 || !essence.contains('/') || text.chars().any(char::is_control) {
+        return Err(Error::BadRequest(
+            "the content type must be like `image/png`".into(),
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+/// Object metadata: string values under lower-case names of letters, digits, `-` and `_`,
+/// at most [`MAX_METADATA`] bytes in all.
+pub fn check_metadata(metadata: Map<String, Value>) -> Result<Map<String, Value>, Error> {
+    let mut total = 0;
+    let mut out = Map::new();
+    for (name, value) in metadata {
+        let name = name.to_ascii_lowercase();
+        let Value::String(text) = value else {
+            return Err(Error::BadRequest(format!(
+                "metadata `{}` must be a string",
+                crate::query::shorten_for_message(&name)
+            )));
+        };
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(Error::BadRequest(
+                "metadata names are letters, digits, `-` and `_`".into(),
+            ));
+        }
+        if text.chars().any(char::is_control) {
+            return Err(Error::BadRequest(
+                "metadata values cannot hold control characters".into(),
+            ));
+        }
+        total += name.len() + text.len();
+        out.insert(name, Value::String(text));
+    }
+    if total > MAX_METADATA {
+        return Err(Error::BadRequest(format!(
+            "metadata is at most {MAX_METADATA} bytes"
+        )));
+    }
+    Ok(out)
+}
+
 /// The change log's `collection` for a bucket's objects.
 pub fn change_collection(bucket: &str) -> String {
     format!("storage/{bucket}")
 }
 
+/// Who a change is attributed to: as for documents, with the trigger depth of writes
+/// made by functions (so a trigger chain through a bucket stops like one through a
+/// collection).
 fn actor_id(actor: &Actor<'_>) -> Option<String> {
     match actor {
-        Actor::Caller(c) => c
-            .user_id()
-            .map(str::to_owned)
-            .or_else(|| c.is_privileged().then(|| "service".to_owned())),
+        Actor::Caller(c) => c.change_actor(),
         Actor::Signed { signer } => signer.clone(),
     }
 }
