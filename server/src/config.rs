@@ -56,6 +56,9 @@ pub struct DatabaseConfig {
     pub max_batch: usize,
     /// SQLite `synchronous`: `full` (every commit is fsynced) or `normal`.
     pub synchronous: String,
+    /// SQLite: run the hot reads (by id, pages, counts) on the request's thread within a
+    /// 2 ms budget, instead of on the driver's worker threads.
+    pub inline_reads: bool,
     #[serde(deserialize_with = "duration")]
     pub acquire_timeout: Duration,
 }
@@ -515,6 +518,7 @@ impl Default for DatabaseConfig {
             group_commit: true,
             max_batch: 256,
             synchronous: "full".into(),
+            inline_reads: true,
             acquire_timeout: Duration::from_secs(10),
         }
     }
@@ -587,6 +591,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("FERROBASE_GROUP_COMMIT", "database.group_commit"),
     ("FERROBASE_DB_MAX_BATCH", "database.max_batch"),
     ("FERROBASE_SQLITE_SYNCHRONOUS", "database.synchronous"),
+    ("FERROBASE_SQLITE_INLINE_READS", "database.inline_reads"),
     ("FERROBASE_CHANGE_RETENTION", "changes.retention"),
     ("FERROBASE_CHANGE_PRUNE_INTERVAL", "changes.prune_interval"),
     ("FERROBASE_PUBLIC_URL", "auth.public_url"),
@@ -942,6 +947,7 @@ impl Config {
             group_commit: self.database.group_commit,
             max_batch: self.database.max_batch,
             sqlite_synchronous: self.database.synchronous.clone(),
+            sqlite_inline_reads: self.database.inline_reads,
             acquire_timeout: self.database.acquire_timeout,
         }
     }

@@ -445,3 +445,68 @@ async fn declared_indexes_are_used_by_queries(backend: Backend) {
         );
     }
 }
+
+/// The counter `name{labels}` in the Prometheus text, or 0.
+fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// SQLite's hot reads run on the calling thread; a scan past the time budget is stopped
+/// and read again through the pool, with the same answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_reads_run_inline_and_long_scans_fall_back() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    s.collection("big", json!({})).await;
+    for chunk in 0..40 {
+        let ops: Vec<Value> = (0..500)
+            .map(|i| {
+                let n = chunk * 500 + i;
+                json!({"op": "create", "collection": "big", "data": {"n": n, "text": format!("row {n} {}", "x".repeat(200))}})
+            })
+            .collect();
+        let (status, body) = s
+            .svc_json(Method::POST, "/v1/db/batch", json!({ "ops": ops }))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let metrics = || async {
+        s.req(Method::GET, "/metrics")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let before = metrics().await;
+    let doc = s.create("big", json!({"_id": "one", "n": -1})).await;
+    let (status, got) = s.svc_get("/v1/db/big/one").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(got, doc);
+    let after = metrics().await;
+    assert!(
+        metric(&after, "ferrobase_sqlite_inline_reads_total")
+            > metric(&before, "ferrobase_sqlite_inline_reads_total"),
+        "{after}"
+    );
+    // An unindexed count and a sort on a computed field over 20 000 documents: too long
+    // for the calling thread, answered in full all the same.
+    let (status, page) = s
+        .svc_json(
+            Method::POST,
+            "/v1/db/big/query",
+            json!({"where": {"text": {"$contains": "9 x"}}, "sort": "-text", "limit": 3, "count": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["count"], 2000, "{page}");
+    assert_eq!(page["items"][0]["n"], 9999);
+    let fallbacks = metric(
+        &metrics().await,
+        r#"ferrobase_sqlite_inline_fallbacks_total{reason="budget"}"#,
+    );
+    assert!(fallbacks >= 1, "no read ran past the budget");
+    s.assert_healthy().await;
+}

@@ -978,6 +978,7 @@ mod tests {
             group_commit: true,
             max_batch: 64,
             sqlite_synchronous: "normal".into(),
+            sqlite_inline_reads: true,
             acquire_timeout: std::time::Duration::from_secs(5),
         };
         let store = Store::open(&opts).await.unwrap();

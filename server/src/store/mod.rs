@@ -336,6 +336,8 @@ pub struct Options {
     pub max_batch: usize,
     /// SQLite `synchronous`: `full` (default) or `normal`.
     pub sqlite_synchronous: String,
+    /// SQLite: hot reads on the calling thread (see `sqlite::inline`).
+    pub sqlite_inline_reads: bool,
     pub acquire_timeout: Duration,
 }
 

@@ -4,6 +4,7 @@
 mod auth;
 mod dialect;
 mod functions;
+mod inline;
 mod storage;
 mod tx;
 
@@ -29,6 +30,8 @@ pub(crate) use dialect::Sqlite as Dialect;
 pub(crate) struct SqliteBackend {
     read: SqlitePool,
     write: SqlitePool,
+    /// Synchronous readers for the hot reads (none for an in-memory database).
+    inline: Option<inline::InlineReaders>,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -62,6 +65,7 @@ impl SqliteBackend {
             .pragma("temp_store", "memory")
             .pragma("cache_size", "-16000")
             .statement_cache_capacity(512);
+        let path = connect.get_filename().to_owned();
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -74,7 +78,24 @@ impl SqliteBackend {
             .acquire_timeout(opts.acquire_timeout)
             .connect_with(connect.pragma("query_only", "true"))
             .await?;
-        let backend = SqliteBackend { read, write };
+        let inline = match path {
+            path if opts.sqlite_inline_reads && path.is_file() => {
+                let count = opts.max_connections.clamp(1, 8) as usize;
+                match inline::InlineReaders::open(&path, count) {
+                    Ok(readers) => Some(readers),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no inline SQLite readers; reading through the pool");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let backend = SqliteBackend {
+            read,
+            write,
+            inline,
+        };
         backend.log_settings().await?;
         Ok(backend)
     }
@@ -214,6 +235,13 @@ impl Backend for SqliteBackend {
     }
 
     async fn get_doc(&self, table_id: i64, id: &str) -> Result<Option<DocRow>> {
+        if let Some(found) = self
+            .inline
+            .as_ref()
+            .and_then(|r| r.get_doc(&table(table_id), id))
+        {
+            return Ok(found);
+        }
         let sql = format!(
             "SELECT id, owner, created_at, updated_at, version, data FROM {} WHERE id = ?",
             table(table_id)
@@ -227,6 +255,13 @@ impl Backend for SqliteBackend {
 
     async fn query_docs(&self, table_id: i64, query: &DocQuery<'_>) -> Result<Vec<DocRow>> {
         let (sql, params) = select_page(&Dialect, &table(table_id), "data", query);
+        if let Some(rows) = self
+            .inline
+            .as_ref()
+            .and_then(|r| r.query_docs(&sql, &params))
+        {
+            return Ok(rows);
+        }
         let rows = bind_params(sqlx::query(AssertSqlSafe(sql)), params)
             .fetch_all(&self.read)
             .await?;
@@ -235,6 +270,9 @@ impl Backend for SqliteBackend {
 
     async fn count_docs(&self, table_id: i64, filter: &Filter) -> Result<u64> {
         let (sql, params) = select_count(&Dialect, &table(table_id), filter);
+        if let Some(n) = self.inline.as_ref().and_then(|r| r.count(&sql, &params)) {
+            return Ok(u64::try_from(n).unwrap_or(0));
+        }
         let row = bind_params(sqlx::query(AssertSqlSafe(sql)), params)
             .fetch_one(&self.read)
             .await?;

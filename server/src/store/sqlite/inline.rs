@@ -1,0 +1,170 @@
+//! Inline reads: the hot reads (a document by id, a page, a count) run on the calling
+//! thread through a few synchronous connections, instead of through sqlx, whose SQLite
+//! driver sends every statement to a per-connection worker thread and back (two
+//! cross-thread wake-ups per query — on a get by id they cost more CPU than SQLite itself,
+//! see BENCHMARKS.md).
+//!
+//! Running SQLite on an async worker thread is only fine while it is quick, so each
+//! statement has a budget: a progress handler interrupts it once it has run for
+//! [`BUDGET`], and the read is done again the usual way, off the runtime. A point read or
+//! an indexed page finishes well inside the budget; a scan of a large table does not, and
+//! costs at most the budget in wasted work. When every inline connection is busy, or on any
+//! error, the caller also takes the usual way — this path is only ever an optimization,
+//! never a different answer.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::super::DocRow;
+use super::super::query::Param;
+
+/// How long one statement may run on the calling thread before it is interrupted.
+pub const BUDGET: Duration = Duration::from_millis(2);
+
+/// Virtual-machine steps between two looks at the clock.
+const CHECK_EVERY: i32 = 1000;
+
+struct Reader {
+    conn: Connection,
+    /// When the running statement must stop (read by the progress handler).
+    deadline: Arc<Mutex<Option<Instant>>>,
+}
+
+pub struct InlineReaders {
+    readers: Vec<Mutex<Reader>>,
+    next: AtomicUsize,
+}
+
+impl InlineReaders {
+    /// `count` connections to the database file at `path` (which must exist).
+    pub fn open(path: &Path, count: usize) -> rusqlite::Result<InlineReaders> {
+        let mut readers = Vec::with_capacity(count);
+        for _ in 0..count {
+            let conn = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            conn.busy_timeout(Duration::from_millis(50))?;
+            conn.execute_batch(
+                "PRAGMA query_only = true; PRAGMA temp_store = memory; PRAGMA cache_size = -16000;",
+            )?;
+            conn.set_prepared_statement_cache_capacity(256);
+            let deadline: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+            let seen = deadline.clone();
+            conn.progress_handler(
+                CHECK_EVERY,
+                Some(move || {
+                    // true interrupts the statement.
+                    seen.lock()
+                        .ok()
+                        .and_then(|d| *d)
+                        .is_some_and(|d| Instant::now() >= d)
+                }),
+            )?;
+            readers.push(Mutex::new(Reader { conn, deadline }));
+        }
+        Ok(InlineReaders {
+            readers,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// Runs `read` on a free connection within the budget; `None` when none is free, the
+    /// budget ran out or SQLite failed (the caller then reads the usual way).
+    fn with<T>(&self, read: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Option<T> {
+        let n = self.readers.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut reader = (0..n).find_map(|i| self.readers[(start + i) % n].try_lock().ok())?;
+        let reader = &mut *reader;
+        if let Ok(mut d) = reader.deadline.lock() {
+            *d = Some(Instant::now() + BUDGET);
+        }
+        let result = read(&reader.conn);
+        if let Ok(mut d) = reader.deadline.lock() {
+            *d = None;
+        }
+        match result {
+            Ok(value) => {
+                metrics::counter!("ferrobase_sqlite_inline_reads_total").increment(1);
+                Some(value)
+            }
+            Err(e) => {
+                let interrupted =
+                    e.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted);
+                if interrupted {
+                    metrics::counter!("ferrobase_sqlite_inline_fallbacks_total", "reason" => "budget")
+                        .increment(1);
+                } else {
+                    tracing::debug!(error = %e, "inline read failed; reading through the pool");
+                    metrics::counter!("ferrobase_sqlite_inline_fallbacks_total", "reason" => "error")
+                        .increment(1);
+                }
+                None
+            }
+        }
+    }
+
+    pub fn get_doc(&self, table: &str, id: &str) -> Option<Option<DocRow>> {
+        let sql = format!(
+            "SELECT id, owner, created_at, updated_at, version, data FROM {table} WHERE id = ?"
+        );
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut rows = stmt.query([id])?;
+            rows.next()?.map(doc_row).transpose()
+        })
+    }
+
+    pub fn query_docs(&self, sql: &str, params: &[Param]) -> Option<Vec<DocRow>> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(sql)?;
+            bind(&mut stmt, params)?;
+            let mut rows = stmt.raw_query();
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(doc_row(row)?);
+            }
+            Ok(out)
+        })
+    }
+
+    pub fn count(&self, sql: &str, params: &[Param]) -> Option<i64> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(sql)?;
+            bind(&mut stmt, params)?;
+            let mut rows = stmt.raw_query();
+            match rows.next()? {
+                Some(row) => row.get(0),
+                None => Err(rusqlite::Error::QueryReturnedNoRows),
+            }
+        })
+    }
+}
+
+fn bind(stmt: &mut rusqlite::CachedStatement<'_>, params: &[Param]) -> rusqlite::Result<()> {
+    for (i, param) in params.iter().enumerate() {
+        let at = i + 1;
+        match param {
+            Param::Null => stmt.raw_bind_parameter(at, rusqlite::types::Null)?,
+            Param::Int(v) => stmt.raw_bind_parameter(at, v)?,
+            Param::Float(v) => stmt.raw_bind_parameter(at, v)?,
+            Param::Text(v) => stmt.raw_bind_parameter(at, v.as_str())?,
+        }
+    }
+    Ok(())
+}
+
+fn doc_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DocRow> {
+    Ok(DocRow {
+        id: row.get(0)?,
+        owner: row.get(1)?,
+        created_at: row.get(2)?,
+        updated_at: row.get(3)?,
+        version: row.get(4)?,
+        data: row.get(5)?,
+    })
+}
