@@ -117,7 +117,9 @@ pub struct QueryRequest {
 /// A page of results.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct QueryPage {
-    pub items: Vec<Value>,
+    /// Documents as JSON text (see [`Document::raw_json`]).
+    #[schema(value_type = Vec<Object>)]
+    pub items: Vec<Box<serde_json::value::RawValue>>,
     pub next_cursor: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
@@ -281,16 +283,14 @@ impl Documents {
                 .await?
         };
         let has_more = rows.len() > q.limit as usize;
-        let mut docs = rows
-            .into_iter()
-            .take(q.limit as usize)
-            .map(Document::from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        let next_cursor = if has_more {
-            docs.last()
-                .map(|last| Cursor::at(&q.sort, last).encode(&q.sort))
-        } else {
-            None
+        let mut rows = rows;
+        rows.truncate(q.limit as usize);
+        let next_cursor = match rows.last() {
+            Some(last) if has_more => {
+                let last = Document::from_row(last.clone())?;
+                Some(Cursor::at(&q.sort, &last).encode(&q.sort))
+            }
+            _ => None,
         };
         let count = if req.count {
             Some(self.store.count_docs(coll.table, &q.filter).await?)
@@ -298,8 +298,18 @@ impl Documents {
             None
         };
         let items = match &q.fields {
-            Some(fields) => docs.iter().map(|d| d.project(fields)).collect(),
-            None => docs.iter_mut().map(|d| d.to_json()).collect(),
+            Some(fields) => rows
+                .into_iter()
+                .map(|row| {
+                    let projected = Document::from_row(row)?.project(fields);
+                    serde_json::value::to_raw_value(&projected)
+                        .map_err(|e| Error::Internal(format!("projecting: {e}")))
+                })
+                .collect::<Result<_, _>>()?,
+            None => rows
+                .iter()
+                .map(Document::raw_json)
+                .collect::<Result<_, _>>()?,
         };
         Ok(QueryPage {
             items,

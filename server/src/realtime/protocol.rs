@@ -84,8 +84,25 @@ pub fn unsubscribed(id: &str) -> String {
     json!({"type": "unsubscribed", "id": id}).to_string()
 }
 
-pub fn snapshot(id: &str, items: Vec<Value>, next_cursor: Option<String>) -> String {
-    json!({"type": "snapshot", "id": id, "items": items, "next_cursor": next_cursor}).to_string()
+pub fn snapshot(
+    id: &str,
+    items: Vec<Box<serde_json::value::RawValue>>,
+    next_cursor: Option<String>,
+) -> String {
+    #[derive(serde::Serialize)]
+    struct Snapshot<'a> {
+        r#type: &'static str,
+        id: &'a str,
+        items: Vec<Box<serde_json::value::RawValue>>,
+        next_cursor: Option<String>,
+    }
+    serde_json::to_string(&Snapshot {
+        r#type: "snapshot",
+        id,
+        items,
+        next_cursor,
+    })
+    .unwrap_or_default()
 }
 
 /// An event; `id_json` is the subscription id as JSON text and `doc` the document as JSON
