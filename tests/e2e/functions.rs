@@ -737,6 +737,117 @@ memory_mb = 16
     s.assert_healthy().await;
 }
 
+const FETCH: &str = r#"
+import { fb } from "ferrobase";
+fb.call("get", async (req) => {
+  try {
+    const r = await fetch(req.data.url);
+    return { status: r.status, body: await r.text(), location: r.headers.location || null };
+  } catch (e) {
+    return { err: e.code || e.name };
+  }
+});
+"#;
+
+/// A loopback HTTP server answering `/ok` with "hello" and `/hop` with a redirect to
+/// `redirect_to`; counts the connections it accepted.
+async fn tiny_http(
+    ip: &str,
+    redirect_to: String,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let redirect_to = redirect_to.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = socket.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                let response = if head.starts_with("GET /hop ") {
+                    format!(
+                        "HTTP/1.1 302 Found\r\nLocation: {redirect_to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    )
+                } else {
+                    "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+                        .to_owned()
+                };
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (port, hits)
+}
+
+/// HOSTILE ST-05 for function `fetch`: only allowlisted hosts, no redirects followed, and an
+/// allowlisted name that resolves to a private address is refused after resolution.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_reaches_only_allowlisted_public_hosts() {
+    use std::sync::atomic::Ordering;
+    let (canary, canary_hits) = tiny_http("127.0.0.2", String::new()).await;
+    let canary_url = format!("http://127.0.0.2:{canary}/");
+    let (port, hits) = tiny_http("127.0.0.1", canary_url.clone()).await;
+    let s = Options::new(Backend::Sqlite)
+        .function_file("main.js", FETCH)
+        .config(&format!(
+            "[functions]\nfetch_allow = [\"127.0.0.1:{port}\", \"localhost\", \"*.localhost\"]\n"
+        ))
+        .start()
+        .await;
+    let get = |url: String| {
+        let s = &s;
+        async move {
+            let (status, body) = call(s, "get", json!({ "url": url })).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body["result"].clone()
+        }
+    };
+    // An allowlisted IP literal works; a redirect is handed back, not followed.
+    let ok = get(format!("http://127.0.0.1:{port}/ok")).await;
+    assert_eq!(
+        ok,
+        json!({"status": 200, "body": "hello", "location": null})
+    );
+    let hop = get(format!("http://127.0.0.1:{port}/hop")).await;
+    assert_eq!(hop["status"], 302, "{hop}");
+    assert_eq!(hop["location"], canary_url.as_str());
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    // Allowlisted names that resolve to loopback: refused after resolution.
+    for url in [
+        format!("http://localhost:{port}/ok"),
+        format!("http://localhost:{canary}/"),
+        format!("http://canary.localhost:{canary}/"),
+    ] {
+        let out = get(url.clone()).await;
+        assert_eq!(out["err"], "bad_gateway", "{url}: {out}");
+    }
+    // Off the allowlist, in every spelling: refused before any connection.
+    for url in [
+        canary_url.clone(),
+        format!("http://0x7f000002:{canary}/"),
+        format!("http://2130706434:{canary}/"),
+        format!("http://[::1]:{port}/"),
+        format!("http://127.0.0.1:{canary}/"),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+        "file:///etc/passwd".to_owned(),
+        "gopher://127.0.0.1:70/".to_owned(),
+    ] {
+        let out = get(url.clone()).await;
+        assert_eq!(out["err"], "forbidden", "{url}: {out}");
+    }
+    assert_eq!(
+        canary_hits.load(Ordering::SeqCst),
+        0,
+        "the canary was reached"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 2, "a refused fetch connected");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_mode_reloads_the_functions_folder() {
     let s = Options::new(Backend::Sqlite)
