@@ -98,8 +98,14 @@ pub fn from_storage(e: storage::Error) -> HostError {
         E::TooLarge(m) => host_error(413, "payload_too_large", m),
         E::UnsupportedType(m) => host_error(415, "unsupported_media_type", m),
         E::BadSignature => host_error(403, "invalid_signature", message),
-        E::Unavailable(_) => host_error(503, "unavailable", "the database is unavailable"),
-        E::Internal(_) => host_error(500, "internal", "internal error"),
+        E::Unavailable(cause) => {
+            tracing::warn!(error = %cause, "storage from a function: database unavailable");
+            host_error(503, "unavailable", "the database is unavailable")
+        }
+        E::Internal(cause) => {
+            tracing::error!(error = %cause, "storage from a function failed");
+            host_error(500, "internal", "internal error")
+        }
     }
 }
 
