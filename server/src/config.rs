@@ -244,6 +244,14 @@ pub struct RealtimeConfig {
     pub max_channels: usize,
     /// Most open connections from one client address (429 beyond).
     pub max_connections_per_ip: usize,
+    /// Frames a client may send per second (bursts of twice that); beyond, each frame is
+    /// answered with a `rate_limited` error and dropped, and a client that keeps going is
+    /// closed with 1008.
+    pub max_messages_per_second: u32,
+    /// A connection is closed with 4009 after this long (the client reconnects and resumes),
+    /// so no socket lives on forever.
+    #[serde(deserialize_with = "duration")]
+    pub max_connection_lifetime: Duration,
     /// The server pings this often; a peer silent for three intervals is closed.
     #[serde(deserialize_with = "duration")]
     pub ping_interval: Duration,
@@ -278,6 +286,8 @@ impl Default for RealtimeConfig {
             max_frame: 64 * 1024,
             max_channels: 20,
             max_connections_per_ip: 1000,
+            max_messages_per_second: 100,
+            max_connection_lifetime: Duration::from_secs(24 * 3600),
             ping_interval: Duration::from_secs(20),
             node_heartbeat: Duration::from_secs(5),
             channels: ChannelsConfig::default(),
@@ -826,9 +836,11 @@ impl Config {
             || rt.max_subscriptions == 0
             || rt.max_channels == 0
             || rt.max_connections_per_ip == 0
+            || rt.max_messages_per_second == 0
+            || rt.max_connection_lifetime < Duration::from_secs(1)
         {
             problems.push(
-                "realtime: send_queue must be at least 8; max_subscriptions, max_channels and max_connections_per_ip at least 1"
+                "realtime: send_queue must be at least 8; max_subscriptions, max_channels, max_connections_per_ip and max_messages_per_second at least 1; max_connection_lifetime at least 1s"
                     .to_owned(),
             );
         }

@@ -26,6 +26,7 @@ on_both_backends!(
     slow_consumer_is_closed_with_4008,
     hostile_frames_get_errors_and_limits_hold,
     shutdown_closes_sockets_with_1001,
+    floods_are_rate_limited_and_connections_have_a_lifetime,
 );
 
 type Stream =
@@ -984,4 +985,79 @@ async fn connections_per_address_are_capped() {
         async move { tokio_tungstenite::connect_async(url).await.ok().map(|_| ()) }
     })
     .await;
+}
+
+/// HOSTILE RT-06: a client sending faster than `max_messages_per_second` gets `rate_limited`
+/// errors, one that keeps flooding is closed with 1008, and every connection ends at
+/// `max_connection_lifetime` with 4009.
+async fn floods_are_rate_limited_and_connections_have_a_lifetime(backend: Backend) {
+    let s = Options::new(backend)
+        .config("[realtime]\nmax_messages_per_second = 20\n")
+        .start()
+        .await;
+    public_collection(&s, "c").await;
+    // A burst of twice the rate passes, the frames after it are refused (and dropped).
+    let mut ws = Ws::connect(&s).await;
+    for _ in 0..50 {
+        ws.send(json!({"type": "ping"})).await;
+    }
+    let mut pongs = 0;
+    let mut limited = 0;
+    for _ in 0..50 {
+        let frame = ws.recv().await;
+        match frame["type"].as_str() {
+            Some("pong") => pongs += 1,
+            Some("error") if frame["code"] == "rate_limited" => limited += 1,
+            _ => panic!("unexpected {frame}"),
+        }
+    }
+    assert!(
+        (40..=45).contains(&pongs),
+        "{pongs} pongs, {limited} refused"
+    );
+    assert_eq!(pongs + limited, 50);
+    // After a pause the client may send again; its subscriptions work as before.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    ws.subscribe(json!({"id": "s", "collection": "c"})).await;
+    s.create("c", json!({"n": 1})).await;
+    assert_eq!(ws.expect("event").await["doc"]["n"], 1);
+
+    // 10 000 subscribe/unsubscribe frames as fast as the socket takes them: closed with 1008.
+    let mut flood = Ws::connect(&s).await;
+    for i in 0..10_000 {
+        let frame = if i % 2 == 0 {
+            json!({"type": "subscribe", "id": "f", "collection": "c"})
+        } else {
+            json!({"type": "unsubscribe", "id": "f"})
+        };
+        if flood
+            .stream
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert_eq!(flood.close_code().await, Some(1008));
+    // The well-behaved connection is unaffected.
+    s.create("c", json!({"n": 2})).await;
+    assert_eq!(ws.expect("event").await["doc"]["n"], 2);
+    s.assert_healthy().await;
+
+    // Lifetime: closed with 4009 once it is reached, however busy the connection is.
+    let s = Options::new(backend)
+        .config("[realtime]\nmax_connection_lifetime = \"1s\"\n")
+        .start()
+        .await;
+    let started = std::time::Instant::now();
+    let mut ws = Ws::connect(&s).await;
+    ws.send(json!({"type": "ping"})).await;
+    ws.expect("pong").await;
+    assert_eq!(ws.close_code().await, Some(4009));
+    let lived = started.elapsed();
+    assert!(
+        lived >= Duration::from_millis(900) && lived < Duration::from_secs(5),
+        "{lived:?}"
+    );
 }

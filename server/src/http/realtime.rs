@@ -95,10 +95,24 @@ async fn run(app: AppState, socket: WebSocket, ip: std::net::IpAddr, token: Opti
     let mut ping = tokio::time::interval(config.ping_interval);
     ping.tick().await;
     let mut heard = tokio::time::Instant::now();
+    let end_of_life = tokio::time::Instant::now() + config.max_connection_lifetime;
+    let mut bucket = TokenBucket::new(config.max_messages_per_second);
     loop {
         let deadline = session.deadline();
         tokio::select! {
             frame = stream.next() => match frame {
+                Some(Ok(Message::Text(_) | Message::Binary(_))) if !bucket.take() => {
+                    heard = tokio::time::Instant::now();
+                    if bucket.strikes > u64::from(config.max_messages_per_second) * 2 {
+                        conn.close(close::FLOOD, "too many messages; slow down");
+                        break;
+                    }
+                    conn.push(crate::realtime::protocol::error(
+                        None,
+                        "rate_limited",
+                        "too many messages; this one was dropped",
+                    ));
+                }
                 Some(Ok(Message::Text(text))) => {
                     heard = tokio::time::Instant::now();
                     session.handle_text(text.as_str()).await;
@@ -132,6 +146,10 @@ async fn run(app: AppState, socket: WebSocket, ip: std::net::IpAddr, token: Opti
                 conn.push_out(Out::Ping);
             }
             _ = sleep_until(deadline), if deadline.is_some() => session.on_deadline().await,
+            _ = tokio::time::sleep_until(end_of_life) => {
+                conn.close(close::LIFETIME, "the connection reached its lifetime; reconnect and resume");
+                break;
+            }
             _ = async { let _ = stop.wait_for(|s| *s).await.is_ok(); } => {
                 conn.close(close::GOING_AWAY, "the server is shutting down");
                 break;
@@ -142,6 +160,42 @@ async fn run(app: AppState, socket: WebSocket, ip: std::net::IpAddr, token: Opti
     session.finish().await;
     conn.close(1000, "");
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+}
+
+/// Frames a client may send: `rate` per second, bursts of `2 × rate`. `strikes` counts
+/// frames refused since the client last had a token.
+struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    at: tokio::time::Instant,
+    strikes: u64,
+}
+
+impl TokenBucket {
+    fn new(rate: u32) -> TokenBucket {
+        let rate = f64::from(rate);
+        TokenBucket {
+            rate,
+            tokens: rate * 2.0,
+            at: tokio::time::Instant::now(),
+            strikes: 0,
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.rate * 2.0);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.strikes = 0;
+            true
+        } else {
+            self.strikes += 1;
+            false
+        }
+    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

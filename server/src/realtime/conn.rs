@@ -17,8 +17,13 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
     /// The client stopped answering pings.
     pub const DEAD_PEER: u16 = 4000;
+    /// The client kept sending faster than `realtime.max_messages_per_second` after being
+    /// told to slow down (policy violation).
+    pub const FLOOD: u16 = 1008;
     /// The send queue overflowed (a slow consumer); resume from the last seq.
     pub const OVERFLOW: u16 = 4008;
+    /// The connection reached `realtime.max_connection_lifetime`; reconnect and resume.
+    pub const LIFETIME: u16 = 4009;
 }
 
 /// Longest wait for room in the outbox while replaying or sending a snapshot.
