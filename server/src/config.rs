@@ -244,6 +244,9 @@ pub struct RealtimeConfig {
     pub max_channels: usize,
     /// Most open connections from one client address (429 beyond).
     pub max_connections_per_ip: usize,
+    /// Most connections signed in as one user at a time (an `auth` beyond is refused with
+    /// `too_many_connections`, and the connection stays anonymous).
+    pub max_connections_per_user: usize,
     /// Frames a client may send per second (bursts of twice that); beyond, each frame is
     /// answered with a `rate_limited` error and dropped, and a client that keeps going is
     /// closed with 1008.
@@ -286,6 +289,7 @@ impl Default for RealtimeConfig {
             max_frame: 64 * 1024,
             max_channels: 20,
             max_connections_per_ip: 1000,
+            max_connections_per_user: 100,
             max_messages_per_second: 100,
             max_connection_lifetime: Duration::from_secs(24 * 3600),
             ping_interval: Duration::from_secs(20),
@@ -837,10 +841,11 @@ impl Config {
             || rt.max_channels == 0
             || rt.max_connections_per_ip == 0
             || rt.max_messages_per_second == 0
+            || rt.max_connections_per_user == 0
             || rt.max_connection_lifetime < Duration::from_secs(1)
         {
             problems.push(
-                "realtime: send_queue must be at least 8; max_subscriptions, max_channels, max_connections_per_ip and max_messages_per_second at least 1; max_connection_lifetime at least 1s"
+                "realtime: send_queue must be at least 8; max_subscriptions, max_channels, max_connections_per_ip, max_connections_per_user and max_messages_per_second at least 1; max_connection_lifetime at least 1s"
                     .to_owned(),
             );
         }

@@ -1061,3 +1061,52 @@ async fn floods_are_rate_limited_and_connections_have_a_lifetime(backend: Backen
         "{lived:?}"
     );
 }
+
+/// HOSTILE RT-06: at most `max_connections_per_user` sockets signed in as one user; the
+/// extra sign-in is refused and the socket stays anonymous; a slot frees on sign-out or
+/// close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_user_are_capped() {
+    let s = Options::new(Backend::Sqlite)
+        .config("[realtime]\nmax_connections_per_user = 2\n")
+        .start()
+        .await;
+    let session = crate::helpers::signup(&s, "many@example.com").await;
+    let token = session["access_token"].as_str().unwrap().to_owned();
+    let mut first = Ws::signed_in(&s, &token).await;
+    let second = Ws::signed_in(&s, &token).await;
+    let mut third = Ws::connect(&s).await;
+    third.send(json!({"type": "auth", "token": token})).await;
+    let refused = third.expect("error").await;
+    assert_eq!(refused["code"], "too_many_connections", "{refused}");
+    // Still connected, as anonymous.
+    third.send(json!({"type": "ping"})).await;
+    third.expect("pong").await;
+    // Re-authenticating an already signed-in socket as the same user takes no new slot.
+    first.send(json!({"type": "auth", "token": token})).await;
+    assert_eq!(
+        first.expect("authed").await["user_id"],
+        session["user"]["id"]
+    );
+    // Signing out frees a slot; so does closing.
+    first.send(json!({"type": "auth", "token": ""})).await;
+    first.expect("authed").await;
+    third.send(json!({"type": "auth", "token": token})).await;
+    third.expect("authed").await;
+    let mut fourth = Ws::connect(&s).await;
+    fourth.send(json!({"type": "auth", "token": token})).await;
+    assert_eq!(fourth.expect("error").await["code"], "too_many_connections");
+    second.close().await;
+    crate::helpers::eventually(Duration::from_secs(5), || {
+        let s = &s;
+        let token = token.clone();
+        async move {
+            let mut ws = Ws::connect(s).await;
+            ws.send(json!({"type": "auth", "token": token})).await;
+            let frame = ws.recv().await;
+            (frame["type"] == "authed").then_some(())
+        }
+    })
+    .await;
+    s.assert_healthy().await;
+}

@@ -44,6 +44,7 @@ pub struct Realtime {
     stop: watch::Receiver<bool>,
     connections: AtomicUsize,
     per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    per_user: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
 
 /// A connection's place in its address's quota; freed on drop.
@@ -59,6 +60,31 @@ impl Drop for IpSlot {
             *n -= 1;
             if *n == 0 {
                 map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A signed-in connection's place in its user's quota; freed on drop (sign-out, another
+/// user's sign-in, the end of the connection).
+pub struct UserSlot {
+    rt: Arc<Realtime>,
+    user: String,
+}
+
+impl UserSlot {
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut map = self.rt.per_user.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.user);
             }
         }
     }
@@ -103,6 +129,7 @@ impl Realtime {
             stop,
             connections: AtomicUsize::new(0),
             per_ip: std::sync::Mutex::new(std::collections::HashMap::new()),
+            per_user: std::sync::Mutex::new(std::collections::HashMap::new()),
         });
         Ok((realtime, tasks))
     }
@@ -127,6 +154,21 @@ impl Realtime {
         Some(IpSlot {
             rt: self.clone(),
             ip,
+        })
+    }
+
+    /// A place for one more connection signed in as `user`, or `None` when the user
+    /// already holds `realtime.max_connections_per_user`.
+    pub fn admit_user(self: &Arc<Self>, user: &str) -> Option<UserSlot> {
+        let mut map = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
+        let open = map.entry(user.to_owned()).or_insert(0);
+        if *open >= self.config.max_connections_per_user {
+            return None;
+        }
+        *open += 1;
+        Some(UserSlot {
+            rt: self.clone(),
+            user: user.to_owned(),
         })
     }
 

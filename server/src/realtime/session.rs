@@ -45,6 +45,8 @@ pub struct Session {
     token: Option<String>,
     expires_at: Option<Instant>,
     next_check: Option<Instant>,
+    /// Held while signed in as a user (the per-user connection quota).
+    user_slot: Option<super::UserSlot>,
 }
 
 /// An error frame's code and message.
@@ -90,6 +92,7 @@ impl Session {
             token: None,
             expires_at: None,
             next_check: None,
+            user_slot: None,
         }
     }
 
@@ -171,6 +174,27 @@ impl Session {
         };
         match self.resolve(&token).await {
             Ok((principal, exp)) => {
+                if let Some(user) = principal.user_id() {
+                    let held = self.user_slot.as_ref().is_some_and(|s| s.user() == user);
+                    if !held {
+                        match self.rt.admit_user(user) {
+                            Some(slot) => self.user_slot = Some(slot),
+                            None => {
+                                self.sign_out();
+                                self.send_error(
+                                    None,
+                                    Fail(
+                                        "too_many_connections",
+                                        "this user has too many realtime connections open; the connection is now anonymous".into(),
+                                    ),
+                                );
+                                return;
+                            }
+                        }
+                    }
+                } else {
+                    self.user_slot = None;
+                }
                 let role = match &principal {
                     Principal::User(u) => u.role.clone(),
                     Principal::Admin { .. } => "admin".into(),
@@ -312,6 +336,7 @@ impl Session {
         self.token = None;
         self.expires_at = None;
         self.next_check = None;
+        self.user_slot = None;
     }
 
     async fn resume_suspended(&mut self) {
