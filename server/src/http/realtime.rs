@@ -95,7 +95,9 @@ async fn run(app: AppState, socket: WebSocket, ip: std::net::IpAddr, token: Opti
     let mut ping = tokio::time::interval(config.ping_interval);
     ping.tick().await;
     let mut heard = tokio::time::Instant::now();
-    let end_of_life = tokio::time::Instant::now() + config.max_connection_lifetime;
+    // One timer for the connection's life, not one per frame.
+    let end_of_life = tokio::time::sleep(config.max_connection_lifetime);
+    tokio::pin!(end_of_life);
     let mut bucket = TokenBucket::new(config.max_messages_per_second);
     loop {
         let deadline = session.deadline();
@@ -146,7 +148,7 @@ async fn run(app: AppState, socket: WebSocket, ip: std::net::IpAddr, token: Opti
                 conn.push_out(Out::Ping);
             }
             _ = sleep_until(deadline), if deadline.is_some() => session.on_deadline().await,
-            _ = tokio::time::sleep_until(end_of_life) => {
+            _ = &mut end_of_life => {
                 conn.close(close::LIFETIME, "the connection reached its lifetime; reconnect and resume");
                 break;
             }
