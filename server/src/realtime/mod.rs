@@ -43,48 +43,59 @@ pub struct Realtime {
     broadcast_rule: Option<Rule>,
     stop: watch::Receiver<bool>,
     connections: AtomicUsize,
-    per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
-    per_user: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    per_ip: Arc<Quota<std::net::IpAddr>>,
+    /// Connections signed in as one user (held while signed in).
+    per_user: Arc<Quota<String>>,
 }
 
-/// A connection's place in its address's quota; freed on drop.
-pub struct IpSlot {
-    rt: Arc<Realtime>,
-    ip: std::net::IpAddr,
+/// At most `max` connections per key (client address, user); a [`Slot`] holds one place.
+pub struct Quota<K: std::hash::Hash + Eq + Clone> {
+    max: usize,
+    open: std::sync::Mutex<std::collections::HashMap<K, usize>>,
 }
 
-impl Drop for IpSlot {
-    fn drop(&mut self) {
-        let mut map = self.rt.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
+impl<K: std::hash::Hash + Eq + Clone> Quota<K> {
+    fn new(max: usize) -> Arc<Quota<K>> {
+        Arc::new(Quota {
+            max,
+            open: std::sync::Mutex::new(std::collections::HashMap::new()),
+        })
+    }
+
+    /// A place for one more connection under `key`, or `None` when all are taken.
+    fn admit(self: &Arc<Self>, key: &K) -> Option<Slot<K>> {
+        let mut map = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let open = map.entry(key.clone()).or_insert(0);
+        if *open >= self.max {
+            return None;
         }
+        *open += 1;
+        Some(Slot {
+            quota: self.clone(),
+            key: key.clone(),
+        })
     }
 }
 
-/// A signed-in connection's place in its user's quota; freed on drop (sign-out, another
-/// user's sign-in, the end of the connection).
-pub struct UserSlot {
-    rt: Arc<Realtime>,
-    user: String,
+/// One place in a [`Quota`]; freed on drop.
+pub struct Slot<K: std::hash::Hash + Eq + Clone> {
+    quota: Arc<Quota<K>>,
+    key: K,
 }
 
-impl UserSlot {
-    pub fn user(&self) -> &str {
-        &self.user
+impl<K: std::hash::Hash + Eq + Clone> Slot<K> {
+    pub fn key(&self) -> &K {
+        &self.key
     }
 }
 
-impl Drop for UserSlot {
+impl<K: std::hash::Hash + Eq + Clone> Drop for Slot<K> {
     fn drop(&mut self) {
-        let mut map = self.rt.per_user.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.user) {
+        let mut map = self.quota.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
-                map.remove(&self.user);
+                map.remove(&self.key);
             }
         }
     }
@@ -116,6 +127,8 @@ impl Realtime {
             tokio::spawn(hub.clone().run(changes.clone(), stop.clone())),
             tokio::spawn(channels.clone().run(config.node_heartbeat, stop.clone())),
         ];
+        let per_ip = Quota::new(config.max_connections_per_ip);
+        let per_user = Quota::new(config.max_connections_per_user);
         let realtime = Arc::new(Realtime {
             hub,
             channels,
@@ -128,8 +141,8 @@ impl Realtime {
             broadcast_rule,
             stop,
             connections: AtomicUsize::new(0),
-            per_ip: std::sync::Mutex::new(std::collections::HashMap::new()),
-            per_user: std::sync::Mutex::new(std::collections::HashMap::new()),
+            per_ip,
+            per_user,
         });
         Ok((realtime, tasks))
     }
@@ -143,33 +156,16 @@ impl Realtime {
         self.stop.clone()
     }
 
-    /// Takes a place in `ip`'s connection quota, or `None` when it is full.
-    pub fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<IpSlot> {
-        let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        let open = map.entry(ip).or_insert(0);
-        if *open >= self.config.max_connections_per_ip {
-            return None;
-        }
-        *open += 1;
-        Some(IpSlot {
-            rt: self.clone(),
-            ip,
-        })
+    /// A place for one more connection from `ip`, or `None` when the address already has
+    /// `realtime.max_connections_per_ip`.
+    pub fn admit(&self, ip: std::net::IpAddr) -> Option<Slot<std::net::IpAddr>> {
+        self.per_ip.admit(&ip)
     }
 
     /// A place for one more connection signed in as `user`, or `None` when the user
     /// already holds `realtime.max_connections_per_user`.
-    pub fn admit_user(self: &Arc<Self>, user: &str) -> Option<UserSlot> {
-        let mut map = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
-        let open = map.entry(user.to_owned()).or_insert(0);
-        if *open >= self.config.max_connections_per_user {
-            return None;
-        }
-        *open += 1;
-        Some(UserSlot {
-            rt: self.clone(),
-            user: user.to_owned(),
-        })
+    pub fn admit_user(&self, user: &str) -> Option<Slot<String>> {
+        self.per_user.admit(&user.to_owned())
     }
 
     /// A session for a new connection.

@@ -46,7 +46,7 @@ pub struct Session {
     expires_at: Option<Instant>,
     next_check: Option<Instant>,
     /// Held while signed in as a user (the per-user connection quota).
-    user_slot: Option<super::UserSlot>,
+    user_slot: Option<super::Slot<String>>,
 }
 
 /// An error frame's code and message.
@@ -175,7 +175,7 @@ impl Session {
         match self.resolve(&token).await {
             Ok((principal, exp)) => {
                 if let Some(user) = principal.user_id() {
-                    let held = self.user_slot.as_ref().is_some_and(|s| s.user() == user);
+                    let held = self.user_slot.as_ref().is_some_and(|s| s.key() == user);
                     if !held {
                         match self.rt.admit_user(user) {
                             Some(slot) => self.user_slot = Some(slot),
