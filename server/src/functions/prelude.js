@@ -92,13 +92,16 @@ function op(name, args) {
   return out.ok;
 }
 
-const run = (name, args) => {
+// A promise of `build()`: settled with its value, or rejected with what it threw.
+const attempt = (build) => {
   try {
-    return Promise.resolve(op(name, args));
+    return Promise.resolve(build());
   } catch (e) {
     return Promise.reject(e);
   }
 };
+
+const run = (name, args) => attempt(() => op(name, args));
 
 function query(as, collection, q) {
   const next = (patch) => query(as, collection, { ...q, ...patch });
@@ -152,14 +155,6 @@ function bodyArgs(body) {
   for (let i = 0; i < view.length; i += 8192) binary += fromCharCode.apply(null, view.subarray(i, i + 8192));
   return { binary };
 }
-
-const attempt = (build) => {
-  try {
-    return Promise.resolve(build());
-  } catch (e) {
-    return Promise.reject(e);
-  }
-};
 
 function downloaded(r) {
   if (r === null) return null;
