@@ -39,6 +39,23 @@ pub(crate) struct PgBackend {
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
 impl PgBackend {
+    /// Runs retention `DELETE`s (each binding `$1` to `cutoff`); the rows they removed.
+    pub(crate) async fn delete_older(
+        &self,
+        statements: &[&'static str],
+        cutoff: &str,
+    ) -> Result<u64> {
+        let mut total = 0;
+        for sql in statements {
+            total += sqlx::query(*sql)
+                .bind(cutoff)
+                .execute(&self.read)
+                .await?
+                .rows_affected();
+        }
+        Ok(total)
+    }
+
     pub(crate) async fn open(url: &str, opts: &Options) -> Result<Self> {
         let read = PgPoolOptions::new()
             .max_connections(opts.max_connections.max(1))

@@ -568,22 +568,17 @@ impl AuthRead for SqliteBackend {
     }
 
     async fn prune_auth(&self, cutoff: &str) -> Result<u64> {
-        let mut conn = self.write.acquire().await?;
-        let mut total = 0;
-        for sql in [
-            "DELETE FROM fb_refresh_spent WHERE session_id IN \
-             (SELECT id FROM fb_sessions WHERE expires_at < ?1 OR revoked_at < ?1)",
-            "DELETE FROM fb_sessions WHERE expires_at < ?1 OR revoked_at < ?1",
-            "DELETE FROM fb_auth_tokens WHERE expires_at < ?1 OR used_at < ?1",
-            "DELETE FROM fb_oauth_states WHERE expires_at < ?1",
-            "DELETE FROM fb_mail WHERE created_at < ?1",
-        ] {
-            total += sqlx::query(sql)
-                .bind(cutoff)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
-        }
-        Ok(total)
+        self.delete_older(
+            &[
+                "DELETE FROM fb_refresh_spent WHERE session_id IN \
+                 (SELECT id FROM fb_sessions WHERE expires_at < ?1 OR revoked_at < ?1)",
+                "DELETE FROM fb_sessions WHERE expires_at < ?1 OR revoked_at < ?1",
+                "DELETE FROM fb_auth_tokens WHERE expires_at < ?1 OR used_at < ?1",
+                "DELETE FROM fb_oauth_states WHERE expires_at < ?1",
+                "DELETE FROM fb_mail WHERE created_at < ?1",
+            ],
+            cutoff,
+        )
+        .await
     }
 }

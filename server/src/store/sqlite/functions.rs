@@ -167,19 +167,14 @@ impl FunctionsRead for SqliteBackend {
     }
 
     async fn prune_functions(&self, cutoff: &str) -> Result<u64> {
-        let mut conn = self.write.acquire().await?;
-        let mut total = 0;
-        for sql in [
-            "DELETE FROM fb_fn_logs WHERE at < ?1",
-            "DELETE FROM fb_fn_jobs WHERE status = 'succeeded' AND updated_at < ?1",
-        ] {
-            total += sqlx::query(sql)
-                .bind(cutoff)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
-        }
-        Ok(total)
+        self.delete_older(
+            &[
+                "DELETE FROM fb_fn_logs WHERE at < ?1",
+                "DELETE FROM fb_fn_jobs WHERE status = 'succeeded' AND updated_at < ?1",
+            ],
+            cutoff,
+        )
+        .await
     }
 
     async fn get_state(&self, key: &str) -> Result<Option<i64>> {

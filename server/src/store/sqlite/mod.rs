@@ -37,6 +37,25 @@ pub(crate) struct SqliteBackend {
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
 impl SqliteBackend {
+    /// Runs retention `DELETE`s (each binding `?1` to `cutoff`) on the writer connection;
+    /// the rows they removed.
+    pub(crate) async fn delete_older(
+        &self,
+        statements: &[&'static str],
+        cutoff: &str,
+    ) -> Result<u64> {
+        let mut conn = self.write.acquire().await?;
+        let mut total = 0;
+        for sql in statements {
+            total += sqlx::query(*sql)
+                .bind(cutoff)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+        }
+        Ok(total)
+    }
+
     pub(crate) async fn open_dir(dir: &Path, opts: &Options) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| {
             Error::Other(format!("cannot create data folder {}: {e}", dir.display()))
