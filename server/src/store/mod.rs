@@ -62,7 +62,7 @@ impl From<sqlx::Error> for Error {
 /// Names a violated unique constraint the way the domain knows it: `_id` for a document
 /// id, the index key for a declared index (`fb_docs_<table>_x<key>`), `name` for a
 /// collection name. SQLite reports the constraint only in its message, Postgres by name.
-fn conflict_name(text: &str) -> String {
+pub(crate) fn conflict_name(text: &str) -> String {
     if let Some(start) = text.find("fb_docs_") {
         let rest = &text[start + "fb_docs_".len()..];
         let rest = rest.trim_start_matches(|c: char| c.is_ascii_digit());
@@ -300,6 +300,11 @@ pub(crate) trait Backend: Send + Sync {
     async fn prune_changes(&self, older_than: &str) -> Result<u64>;
     /// A write session on the writer connection.
     async fn write_session(&self) -> Result<Box<dyn writer::WriteSession>>;
+    /// The writer's sessions do their work synchronously: run the writer on a thread of
+    /// its own rather than on the async runtime.
+    fn writer_thread(&self) -> bool {
+        false
+    }
     /// Tells other nodes the catalog changed (Postgres `NOTIFY`; nothing on SQLite).
     async fn notify_catalog(&self) -> Result<()>;
     /// Sends a realtime message (presence, broadcast) to every node (Postgres `NOTIFY`;

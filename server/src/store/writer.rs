@@ -8,7 +8,8 @@
 //! commit (one fsync on SQLite); with no load a batch is one job and nothing waits. A job's
 //! result is handed back only after the commit, so an acknowledged write is durable.
 //!
-//! SQLite allows one writer anyway; on Postgres the session takes a transaction-scoped
+//! SQLite allows one writer anyway, and its session runs statements synchronously, so there
+//! the writer has a thread of its own (see `sqlite/tx.rs`); on Postgres the session takes a transaction-scoped
 //! advisory lock, so change-log `seq` order is commit order across all nodes.
 
 use std::panic::AssertUnwindSafe;
@@ -70,7 +71,17 @@ impl Writer {
     ) -> Writer {
         let (queue, rx) = mpsc::channel(QUEUE);
         let (stop, stop_rx) = watch::channel(false);
-        let handle = tokio::spawn(run(backend, rx, stop_rx, committed, max_batch));
+        let thread = backend.writer_thread();
+        let writer = run(backend, rx, stop_rx, committed, max_batch);
+        let handle = if thread {
+            // SQLite: the session does its work synchronously, so the writer gets a thread
+            // of its own; batches never wait behind requests on the runtime's workers, and
+            // requests never wait behind a commit's fsync.
+            let runtime = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || runtime.block_on(writer))
+        } else {
+            tokio::spawn(writer)
+        };
         Writer {
             queue,
             stop,

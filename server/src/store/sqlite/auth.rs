@@ -1,10 +1,10 @@
 //! Auth tables on SQLite. Mirrors `postgres/auth.rs`.
 
 use async_trait::async_trait;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Executor, Row, Sqlite};
+use rusqlite::params;
 
 use super::SqliteBackend;
+use super::rows::Cols;
 use super::tx::SqliteSession;
 use crate::store::auth::{
     AdminRow, AuthRead, AuthTokenRow, AuthTx, IdentityRow, MailRow, OAuthStateRow, RefreshMatch,
@@ -16,89 +16,82 @@ const USER_COLUMNS: &str = "id, email, password_hash, email_verified, anonymous,
      disabled, token_epoch, created_at, updated_at";
 const SESSION_COLUMNS: &str = "id, kind, user_id, created_at, expires_at, revoked_at, revoke_reason, \
      refresh_hash, previous_hash, rotated_at, ip, user_agent";
+const USER_BY_ID: &str = "SELECT id, email, password_hash, email_verified, anonymous, role, claims, \
+     data, disabled, token_epoch, created_at, updated_at FROM fb_users WHERE id = ?";
+const USER_BY_EMAIL: &str = "SELECT id, email, password_hash, email_verified, anonymous, role, \
+     claims, data, disabled, token_epoch, created_at, updated_at FROM fb_users WHERE email = ?";
 
-fn user_row(r: &SqliteRow) -> Result<UserRow> {
+fn user_row(r: &impl Cols) -> Result<UserRow> {
     Ok(UserRow {
-        id: r.try_get(0)?,
-        email: r.try_get(1)?,
-        password_hash: r.try_get(2)?,
-        email_verified: r.try_get(3)?,
-        anonymous: r.try_get(4)?,
-        role: r.try_get(5)?,
-        claims: r.try_get(6)?,
-        data: r.try_get(7)?,
-        disabled: r.try_get(8)?,
-        token_epoch: r.try_get(9)?,
-        created_at: r.try_get(10)?,
-        updated_at: r.try_get(11)?,
+        id: r.col(0)?,
+        email: r.col(1)?,
+        password_hash: r.col(2)?,
+        email_verified: r.col(3)?,
+        anonymous: r.col(4)?,
+        role: r.col(5)?,
+        claims: r.col(6)?,
+        data: r.col(7)?,
+        disabled: r.col(8)?,
+        token_epoch: r.col(9)?,
+        created_at: r.col(10)?,
+        updated_at: r.col(11)?,
     })
 }
 
-fn session_row(r: &SqliteRow, at: usize) -> Result<SessionRow> {
+fn session_row(r: &impl Cols) -> Result<SessionRow> {
     Ok(SessionRow {
-        id: r.try_get(at)?,
-        kind: r.try_get(at + 1)?,
-        user_id: r.try_get(at + 2)?,
-        created_at: r.try_get(at + 3)?,
-        expires_at: r.try_get(at + 4)?,
-        revoked_at: r.try_get(at + 5)?,
-        revoke_reason: r.try_get(at + 6)?,
-        refresh_hash: r.try_get(at + 7)?,
-        previous_hash: r.try_get(at + 8)?,
-        rotated_at: r.try_get(at + 9)?,
-        ip: r.try_get(at + 10)?,
-        user_agent: r.try_get(at + 11)?,
+        id: r.col(0)?,
+        kind: r.col(1)?,
+        user_id: r.col(2)?,
+        created_at: r.col(3)?,
+        expires_at: r.col(4)?,
+        revoked_at: r.col(5)?,
+        revoke_reason: r.col(6)?,
+        refresh_hash: r.col(7)?,
+        previous_hash: r.col(8)?,
+        rotated_at: r.col(9)?,
+        ip: r.col(10)?,
+        user_agent: r.col(11)?,
     })
 }
 
-fn token_row(r: &SqliteRow) -> Result<AuthTokenRow> {
+fn token_row(r: &impl Cols) -> Result<AuthTokenRow> {
     Ok(AuthTokenRow {
-        hash: r.try_get(0)?,
-        user_id: r.try_get(1)?,
-        purpose: r.try_get(2)?,
-        email: r.try_get(3)?,
-        epoch: r.try_get(4)?,
-        created_at: r.try_get(5)?,
-        expires_at: r.try_get(6)?,
-        used_at: r.try_get(7)?,
+        hash: r.col(0)?,
+        user_id: r.col(1)?,
+        purpose: r.col(2)?,
+        email: r.col(3)?,
+        epoch: r.col(4)?,
+        created_at: r.col(5)?,
+        expires_at: r.col(6)?,
+        used_at: r.col(7)?,
     })
 }
 
-fn admin_row(r: &SqliteRow) -> Result<AdminRow> {
+fn admin_row(r: &impl Cols) -> Result<AdminRow> {
     Ok(AdminRow {
-        id: r.try_get(0)?,
-        email: r.try_get(1)?,
-        password_hash: r.try_get(2)?,
-        created_at: r.try_get(3)?,
+        id: r.col(0)?,
+        email: r.col(1)?,
+        password_hash: r.col(2)?,
+        created_at: r.col(3)?,
     })
 }
 
-/// Reads shared by the session (inside the transaction) and the backend (reader pool).
-async fn user_by<'e, E: Executor<'e, Database = Sqlite>>(
-    executor: E,
-    column: &'static str,
+async fn read_user(
+    backend: &SqliteBackend,
+    sql: &'static str,
     value: &str,
 ) -> Result<Option<UserRow>> {
-    let sql = match column {
-        "email" => {
-            "SELECT id, email, password_hash, email_verified, anonymous, role, claims, data, \
-                    disabled, token_epoch, created_at, updated_at FROM fb_users WHERE email = ?"
-        }
-        _ => {
-            "SELECT id, email, password_hash, email_verified, anonymous, role, claims, data, \
-              disabled, token_epoch, created_at, updated_at FROM fb_users WHERE id = ?"
-        }
-    };
     let row = sqlx::query(sql)
         .bind(value)
-        .fetch_optional(executor)
+        .fetch_optional(&backend.read)
         .await?;
     row.as_ref().map(user_row).transpose()
 }
 
 /// A unique violation on a user names the column.
-fn user_conflict(e: sqlx::Error) -> Error {
-    match Error::from(e) {
+fn user_conflict(e: Error) -> Error {
+    match e {
         Error::Conflict { .. } => Error::Conflict {
             constraint: "email".into(),
         },
@@ -109,143 +102,128 @@ fn user_conflict(e: sqlx::Error) -> Error {
 #[async_trait]
 impl AuthTx for SqliteSession {
     async fn user_by_id(&mut self, id: &str) -> Result<Option<UserRow>> {
-        user_by(self.conn(), "id", id).await
+        self.one(USER_BY_ID, [id], |r| user_row(r))
     }
 
     async fn user_by_email(&mut self, email: &str) -> Result<Option<UserRow>> {
-        user_by(self.conn(), "email", email).await
+        self.one(USER_BY_EMAIL, [email], |r| user_row(r))
     }
 
     async fn insert_user(&mut self, u: &UserRow) -> Result<()> {
-        sqlx::query(
+        self.exec(
             "INSERT INTO fb_users (id, email, password_hash, email_verified, anonymous, role, claims, \
              data, disabled, token_epoch, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            params![
+                u.id,
+                u.email,
+                u.password_hash,
+                u.email_verified,
+                u.anonymous,
+                u.role,
+                u.claims,
+                u.data,
+                u.disabled,
+                u.token_epoch,
+                u.created_at,
+                u.updated_at
+            ],
         )
-        .bind(&u.id)
-        .bind(&u.email)
-        .bind(&u.password_hash)
-        .bind(u.email_verified)
-        .bind(u.anonymous)
-        .bind(&u.role)
-        .bind(&u.claims)
-        .bind(&u.data)
-        .bind(u.disabled)
-        .bind(u.token_epoch)
-        .bind(&u.created_at)
-        .bind(&u.updated_at)
-        .execute(self.conn())
-        .await
         .map_err(user_conflict)?;
         Ok(())
     }
 
     async fn update_user(&mut self, u: &UserRow) -> Result<()> {
-        let done = sqlx::query(
-            "UPDATE fb_users SET email = ?, password_hash = ?, email_verified = ?, anonymous = ?, role = ?, \
-             claims = ?, data = ?, disabled = ?, token_epoch = ?, updated_at = ? WHERE id = ?",
-        )
-        .bind(&u.email)
-        .bind(&u.password_hash)
-        .bind(u.email_verified)
-        .bind(u.anonymous)
-        .bind(&u.role)
-        .bind(&u.claims)
-        .bind(&u.data)
-        .bind(u.disabled)
-        .bind(u.token_epoch)
-        .bind(&u.updated_at)
-        .bind(&u.id)
-        .execute(self.conn())
-        .await
-        .map_err(user_conflict)?;
-        if done.rows_affected() == 0 {
+        let changed = self
+            .exec(
+                "UPDATE fb_users SET email = ?, password_hash = ?, email_verified = ?, anonymous = ?, role = ?, \
+                 claims = ?, data = ?, disabled = ?, token_epoch = ?, updated_at = ? WHERE id = ?",
+                params![
+                    u.email,
+                    u.password_hash,
+                    u.email_verified,
+                    u.anonymous,
+                    u.role,
+                    u.claims,
+                    u.data,
+                    u.disabled,
+                    u.token_epoch,
+                    u.updated_at,
+                    u.id
+                ],
+            )
+            .map_err(user_conflict)?;
+        if changed == 0 {
             return Err(Error::NotFound);
         }
         Ok(())
     }
 
     async fn delete_user(&mut self, id: &str) -> Result<bool> {
-        sqlx::query(
-            "DELETE FROM fb_refresh_spent WHERE session_id IN (SELECT id FROM fb_sessions WHERE kind = 'user' AND user_id = ?)",
-        )
-        .bind(id)
-        .execute(self.conn())
-        .await?;
-        sqlx::query("DELETE FROM fb_sessions WHERE kind = 'user' AND user_id = ?")
-            .bind(id)
-            .execute(self.conn())
-            .await?;
-        sqlx::query("DELETE FROM fb_identities WHERE user_id = ?")
-            .bind(id)
-            .execute(self.conn())
-            .await?;
-        sqlx::query("DELETE FROM fb_auth_tokens WHERE user_id = ?")
-            .bind(id)
-            .execute(self.conn())
-            .await?;
-        let done = sqlx::query("DELETE FROM fb_users WHERE id = ?")
-            .bind(id)
-            .execute(self.conn())
-            .await?;
-        Ok(done.rows_affected() > 0)
+        for sql in [
+            "DELETE FROM fb_refresh_spent WHERE session_id IN \
+             (SELECT id FROM fb_sessions WHERE kind = 'user' AND user_id = ?)",
+            "DELETE FROM fb_sessions WHERE kind = 'user' AND user_id = ?",
+            "DELETE FROM fb_identities WHERE user_id = ?",
+            "DELETE FROM fb_auth_tokens WHERE user_id = ?",
+        ] {
+            self.exec(sql, [id])?;
+        }
+        Ok(self.exec("DELETE FROM fb_users WHERE id = ?", [id])? > 0)
     }
 
     async fn identity(&mut self, provider: &str, subject: &str) -> Result<Option<IdentityRow>> {
-        let row = sqlx::query(
+        self.one(
             "SELECT provider, subject, user_id, email, data, created_at FROM fb_identities \
              WHERE provider = ? AND subject = ?",
+            [provider, subject],
+            |r| {
+                Ok(IdentityRow {
+                    provider: r.col(0)?,
+                    subject: r.col(1)?,
+                    user_id: r.col(2)?,
+                    email: r.col(3)?,
+                    data: r.col(4)?,
+                    created_at: r.col(5)?,
+                })
+            },
         )
-        .bind(provider)
-        .bind(subject)
-        .fetch_optional(self.conn())
-        .await?;
-        row.map(|r| {
-            Ok(IdentityRow {
-                provider: r.try_get(0)?,
-                subject: r.try_get(1)?,
-                user_id: r.try_get(2)?,
-                email: r.try_get(3)?,
-                data: r.try_get(4)?,
-                created_at: r.try_get(5)?,
-            })
-        })
-        .transpose()
     }
 
     async fn insert_identity(&mut self, i: &IdentityRow) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO fb_identities (provider, subject, user_id, email, data, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&i.provider)
-        .bind(&i.subject)
-        .bind(&i.user_id)
-        .bind(&i.email)
-        .bind(&i.data)
-        .bind(&i.created_at)
-        .execute(self.conn())
-        .await?;
+        self.exec(
+            "INSERT INTO fb_identities (provider, subject, user_id, email, data, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+            params![
+                i.provider,
+                i.subject,
+                i.user_id,
+                i.email,
+                i.data,
+                i.created_at
+            ],
+        )?;
         Ok(())
     }
 
     async fn insert_session(&mut self, s: &SessionRow) -> Result<()> {
-        sqlx::query(
+        self.exec(
             "INSERT INTO fb_sessions (id, kind, user_id, created_at, expires_at, revoked_at, revoke_reason, \
              refresh_hash, previous_hash, rotated_at, ip, user_agent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&s.id)
-        .bind(&s.kind)
-        .bind(&s.user_id)
-        .bind(&s.created_at)
-        .bind(&s.expires_at)
-        .bind(&s.revoked_at)
-        .bind(&s.revoke_reason)
-        .bind(&s.refresh_hash)
-        .bind(&s.previous_hash)
-        .bind(&s.rotated_at)
-        .bind(&s.ip)
-        .bind(&s.user_agent)
-        .execute(self.conn())
-        .await?;
+            params![
+                s.id,
+                s.kind,
+                s.user_id,
+                s.created_at,
+                s.expires_at,
+                s.revoked_at,
+                s.revoke_reason,
+                s.refresh_hash,
+                s.previous_hash,
+                s.rotated_at,
+                s.ip,
+                s.user_agent
+            ],
+        )?;
         Ok(())
     }
 
@@ -253,24 +231,18 @@ impl AuthTx for SqliteSession {
         let sql = format!(
             "SELECT {SESSION_COLUMNS} FROM fb_sessions WHERE refresh_hash = ? OR previous_hash = ? LIMIT 1"
         );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(hash)
-            .bind(hash)
-            .fetch_optional(self.conn())
-            .await?;
-        if let Some(row) = row {
-            let session = session_row(&row, 0)?;
+        if let Some(session) = self.one(&sql, [hash, hash], |r| session_row(r))? {
             return Ok(if session.refresh_hash == hash {
                 RefreshMatch::Current(session)
             } else {
                 RefreshMatch::Previous(session)
             });
         }
-        let spent: Option<String> =
-            sqlx::query_scalar("SELECT session_id FROM fb_refresh_spent WHERE hash = ?")
-                .bind(hash)
-                .fetch_optional(self.conn())
-                .await?;
+        let spent = self.one(
+            "SELECT session_id FROM fb_refresh_spent WHERE hash = ?",
+            [hash],
+            |r| r.col(0),
+        )?;
         Ok(match spent {
             Some(session_id) => RefreshMatch::Spent { session_id },
             None => RefreshMatch::Unknown,
@@ -284,39 +256,28 @@ impl AuthTx for SqliteSession {
         new_hash: &str,
         at: &str,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO fb_refresh_spent (hash, session_id, spent_at) VALUES (?, ?, ?) ON CONFLICT (hash) DO NOTHING",
-        )
-        .bind(spent_hash)
-        .bind(id)
-        .bind(at)
-        .execute(self.conn())
-        .await?;
-        let done = sqlx::query(
-            "UPDATE fb_sessions SET previous_hash = ?, refresh_hash = ?, rotated_at = ? WHERE id = ? AND revoked_at IS NULL",
-        )
-        .bind(spent_hash)
-        .bind(new_hash)
-        .bind(at)
-        .bind(id)
-        .execute(self.conn())
-        .await?;
-        if done.rows_affected() == 0 {
+        self.exec(
+            "INSERT INTO fb_refresh_spent (hash, session_id, spent_at) VALUES (?, ?, ?) \
+             ON CONFLICT (hash) DO NOTHING",
+            [spent_hash, id, at],
+        )?;
+        let changed = self.exec(
+            "UPDATE fb_sessions SET previous_hash = ?, refresh_hash = ?, rotated_at = ? \
+             WHERE id = ? AND revoked_at IS NULL",
+            [spent_hash, new_hash, at, id],
+        )?;
+        if changed == 0 {
             return Err(Error::NotFound);
         }
         Ok(())
     }
 
     async fn revoke_session(&mut self, id: &str, at: &str, reason: &str) -> Result<bool> {
-        let done = sqlx::query(
+        let changed = self.exec(
             "UPDATE fb_sessions SET revoked_at = ?, revoke_reason = ? WHERE id = ? AND revoked_at IS NULL",
-        )
-        .bind(at)
-        .bind(reason)
-        .bind(id)
-        .execute(self.conn())
-        .await?;
-        Ok(done.rows_affected() > 0)
+            [at, reason, id],
+        )?;
+        Ok(changed > 0)
     }
 
     async fn revoke_user_sessions(
@@ -327,35 +288,29 @@ impl AuthTx for SqliteSession {
         at: &str,
         reason: &str,
     ) -> Result<u64> {
-        let done = sqlx::query(
+        let changed = self.exec(
             "UPDATE fb_sessions SET revoked_at = ?, revoke_reason = ? \
              WHERE user_id = ? AND kind = ? AND revoked_at IS NULL AND id IS NOT ?",
-        )
-        .bind(at)
-        .bind(reason)
-        .bind(user_id)
-        .bind(kind)
-        .bind(keep)
-        .execute(self.conn())
-        .await?;
-        Ok(done.rows_affected())
+            params![at, reason, user_id, kind, keep],
+        )?;
+        Ok(changed as u64)
     }
 
     async fn insert_auth_token(&mut self, t: &AuthTokenRow) -> Result<()> {
-        sqlx::query(
+        self.exec(
             "INSERT INTO fb_auth_tokens (hash, user_id, purpose, email, epoch, created_at, expires_at, used_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&t.hash)
-        .bind(&t.user_id)
-        .bind(&t.purpose)
-        .bind(&t.email)
-        .bind(t.epoch)
-        .bind(&t.created_at)
-        .bind(&t.expires_at)
-        .bind(&t.used_at)
-        .execute(self.conn())
-        .await?;
+            params![
+                t.hash,
+                t.user_id,
+                t.purpose,
+                t.email,
+                t.epoch,
+                t.created_at,
+                t.expires_at,
+                t.used_at
+            ],
+        )?;
         Ok(())
     }
 
@@ -365,33 +320,28 @@ impl AuthTx for SqliteSession {
         purpose: &str,
         now: &str,
     ) -> Result<Option<AuthTokenRow>> {
-        let row = sqlx::query(
+        self.one(
             "UPDATE fb_auth_tokens SET used_at = ? WHERE hash = ? AND purpose = ? AND used_at IS NULL \
              AND expires_at > ? RETURNING hash, user_id, purpose, email, epoch, created_at, expires_at, used_at",
+            [now, hash, purpose, now],
+            |r| token_row(r),
         )
-        .bind(now)
-        .bind(hash)
-        .bind(purpose)
-        .bind(now)
-        .fetch_optional(self.conn())
-        .await?;
-        row.as_ref().map(token_row).transpose()
     }
 
     async fn insert_oauth_state(&mut self, s: &OAuthStateRow) -> Result<()> {
-        sqlx::query(
+        self.exec(
             "INSERT INTO fb_oauth_states (state_hash, provider, verifier, nonce, redirect_to, created_at, expires_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&s.state_hash)
-        .bind(&s.provider)
-        .bind(&s.verifier)
-        .bind(&s.nonce)
-        .bind(&s.redirect_to)
-        .bind(&s.created_at)
-        .bind(&s.expires_at)
-        .execute(self.conn())
-        .await?;
+            params![
+                s.state_hash,
+                s.provider,
+                s.verifier,
+                s.nonce,
+                s.redirect_to,
+                s.created_at,
+                s.expires_at
+            ],
+        )?;
         Ok(())
     }
 
@@ -401,63 +351,46 @@ impl AuthTx for SqliteSession {
         provider: &str,
         now: &str,
     ) -> Result<Option<OAuthStateRow>> {
-        let row = sqlx::query(
+        self.one(
             "DELETE FROM fb_oauth_states WHERE state_hash = ? AND provider = ? AND expires_at > ? \
              RETURNING state_hash, provider, verifier, nonce, redirect_to, created_at, expires_at",
+            [state_hash, provider, now],
+            |r| {
+                Ok(OAuthStateRow {
+                    state_hash: r.col(0)?,
+                    provider: r.col(1)?,
+                    verifier: r.col(2)?,
+                    nonce: r.col(3)?,
+                    redirect_to: r.col(4)?,
+                    created_at: r.col(5)?,
+                    expires_at: r.col(6)?,
+                })
+            },
         )
-        .bind(state_hash)
-        .bind(provider)
-        .bind(now)
-        .fetch_optional(self.conn())
-        .await?;
-        row.map(|r| {
-            Ok(OAuthStateRow {
-                state_hash: r.try_get(0)?,
-                provider: r.try_get(1)?,
-                verifier: r.try_get(2)?,
-                nonce: r.try_get(3)?,
-                redirect_to: r.try_get(4)?,
-                created_at: r.try_get(5)?,
-                expires_at: r.try_get(6)?,
-            })
-        })
-        .transpose()
     }
 
     async fn insert_mail(&mut self, m: &MailRow) -> Result<()> {
-        sqlx::query(
+        self.exec(
             "INSERT INTO fb_mail (id, to_addr, subject, text, created_at) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(&m.id)
-        .bind(&m.to_addr)
-        .bind(&m.subject)
-        .bind(&m.text)
-        .bind(&m.created_at)
-        .execute(self.conn())
-        .await?;
+            params![m.id, m.to_addr, m.subject, m.text, m.created_at],
+        )?;
         Ok(())
     }
 
     async fn insert_admin(&mut self, a: &AdminRow) -> Result<()> {
-        sqlx::query(
+        self.exec(
             "INSERT INTO fb_admins (id, email, password_hash, created_at) VALUES (?, ?, ?, ?)",
+            params![a.id, a.email, a.password_hash, a.created_at],
         )
-        .bind(&a.id)
-        .bind(&a.email)
-        .bind(&a.password_hash)
-        .bind(&a.created_at)
-        .execute(self.conn())
-        .await
         .map_err(user_conflict)?;
         Ok(())
     }
 
     async fn set_admin_password(&mut self, id: &str, hash: &str) -> Result<()> {
-        sqlx::query("UPDATE fb_admins SET password_hash = ? WHERE id = ?")
-            .bind(hash)
-            .bind(id)
-            .execute(self.conn())
-            .await?;
+        self.exec(
+            "UPDATE fb_admins SET password_hash = ? WHERE id = ?",
+            [hash, id],
+        )?;
         Ok(())
     }
 }
@@ -465,11 +398,11 @@ impl AuthTx for SqliteSession {
 #[async_trait]
 impl AuthRead for SqliteBackend {
     async fn user_by_id(&self, id: &str) -> Result<Option<UserRow>> {
-        user_by(&self.read, "id", id).await
+        read_user(self, USER_BY_ID, id).await
     }
 
     async fn user_by_email(&self, email: &str) -> Result<Option<UserRow>> {
-        user_by(&self.read, "email", email).await
+        read_user(self, USER_BY_EMAIL, email).await
     }
 
     async fn list_users(
@@ -505,7 +438,7 @@ impl AuthRead for SqliteBackend {
         else {
             return Ok(None);
         };
-        let session = session_row(&row, 0)?;
+        let session = session_row(&row)?;
         let (user, admin) = if session.kind == "admin" {
             let admin = sqlx::query(
                 "SELECT id, email, password_hash, created_at FROM fb_admins WHERE id = ?",
@@ -515,7 +448,7 @@ impl AuthRead for SqliteBackend {
             .await?;
             (None, admin.as_ref().map(admin_row).transpose()?)
         } else {
-            (user_by(&self.read, "id", &session.user_id).await?, None)
+            (read_user(self, USER_BY_ID, &session.user_id).await?, None)
         };
         Ok(Some(SessionState {
             session,
@@ -557,11 +490,11 @@ impl AuthRead for SqliteBackend {
         rows.iter()
             .map(|r| {
                 Ok(MailRow {
-                    id: r.try_get(0)?,
-                    to_addr: r.try_get(1)?,
-                    subject: r.try_get(2)?,
-                    text: r.try_get(3)?,
-                    created_at: r.try_get(4)?,
+                    id: r.col(0)?,
+                    to_addr: r.col(1)?,
+                    subject: r.col(2)?,
+                    text: r.col(3)?,
+                    created_at: r.col(4)?,
                 })
             })
             .collect()

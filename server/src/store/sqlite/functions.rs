@@ -1,61 +1,41 @@
 //! Cloud-code tables on SQLite. Mirrors `postgres/functions.rs`.
 
 use async_trait::async_trait;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{AssertSqlSafe, Row};
+use rusqlite::params;
+use sqlx::AssertSqlSafe;
 
 use super::SqliteBackend;
+use super::rows::Cols;
 use super::tx::SqliteSession;
 use crate::store::Result;
 use crate::store::functions::{
     FunctionsRead, FunctionsTx, JOB_COLUMNS, JobRow, JobUpdate, LogRow, VersionRow,
 };
 
-fn job_row(r: &SqliteRow) -> Result<JobRow> {
+fn job_row(r: &impl Cols) -> Result<JobRow> {
     Ok(JobRow {
-        id: r.try_get(0)?,
-        function: r.try_get(1)?,
-        kind: r.try_get(2)?,
-        version: r.try_get(3)?,
-        payload: r.try_get(4)?,
-        caller: r.try_get(5)?,
-        depth: r.try_get(6)?,
-        status: r.try_get(7)?,
-        attempts: r.try_get(8)?,
-        max_attempts: r.try_get(9)?,
-        run_at: r.try_get(10)?,
-        lease_until: r.try_get(11)?,
-        result: r.try_get(12)?,
-        error: r.try_get(13)?,
-        created_at: r.try_get(14)?,
-        updated_at: r.try_get(15)?,
+        id: r.col(0)?,
+        function: r.col(1)?,
+        kind: r.col(2)?,
+        version: r.col(3)?,
+        payload: r.col(4)?,
+        caller: r.col(5)?,
+        depth: r.col(6)?,
+        status: r.col(7)?,
+        attempts: r.col(8)?,
+        max_attempts: r.col(9)?,
+        run_at: r.col(10)?,
+        lease_until: r.col(11)?,
+        result: r.col(12)?,
+        error: r.col(13)?,
+        created_at: r.col(14)?,
+        updated_at: r.col(15)?,
     })
 }
 
 const INSERT_JOB: &str = "INSERT INTO fb_fn_jobs (id, function, kind, version, payload, caller, depth, \
      status, attempts, max_attempts, run_at, lease_until, result, error, created_at, updated_at) \
      SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?";
-
-type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
-
-fn bind_job<'q>(q: Query<'q>, job: &'q JobRow) -> Query<'q> {
-    q.bind(&job.id)
-        .bind(&job.function)
-        .bind(&job.kind)
-        .bind(job.version)
-        .bind(&job.payload)
-        .bind(&job.caller)
-        .bind(job.depth)
-        .bind(&job.status)
-        .bind(job.attempts)
-        .bind(job.max_attempts)
-        .bind(job.run_at)
-        .bind(job.lease_until)
-        .bind(&job.result)
-        .bind(&job.error)
-        .bind(&job.created_at)
-        .bind(&job.updated_at)
-}
 
 #[async_trait]
 impl FunctionsRead for SqliteBackend {
@@ -68,11 +48,11 @@ impl FunctionsRead for SqliteBackend {
         rows.iter()
             .map(|r| {
                 Ok(VersionRow {
-                    version: r.try_get(0)?,
-                    hash: r.try_get(1)?,
-                    source: r.try_get(2)?,
-                    manifest: r.try_get(3)?,
-                    created_at: r.try_get(4)?,
+                    version: r.col(0)?,
+                    hash: r.col(1)?,
+                    source: r.col(2)?,
+                    manifest: r.col(3)?,
+                    created_at: r.col(4)?,
                 })
             })
             .collect()
@@ -91,9 +71,7 @@ impl FunctionsRead for SqliteBackend {
         let rows = sqlx::query("SELECT name, weights FROM fb_fn_aliases ORDER BY name")
             .fetch_all(&self.read)
             .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect()
+        rows.iter().map(|r| Ok((r.col(0)?, r.col(1)?))).collect()
     }
 
     async fn get_job(&self, id: &str) -> Result<Option<JobRow>> {
@@ -142,13 +120,13 @@ impl FunctionsRead for SqliteBackend {
         rows.iter()
             .map(|r| {
                 Ok(LogRow {
-                    id: r.try_get(0)?,
-                    invocation: r.try_get(1)?,
-                    function: r.try_get(2)?,
-                    version: r.try_get(3)?,
-                    level: r.try_get(4)?,
-                    message: r.try_get(5)?,
-                    at: r.try_get(6)?,
+                    id: r.col(0)?,
+                    invocation: r.col(1)?,
+                    function: r.col(2)?,
+                    version: r.col(3)?,
+                    level: r.col(4)?,
+                    message: r.col(5)?,
+                    at: r.col(6)?,
                 })
             })
             .collect()
@@ -187,6 +165,31 @@ impl FunctionsRead for SqliteBackend {
     }
 }
 
+/// The values of [`INSERT_JOB`], in order.
+macro_rules! job_values {
+    ($job:expr $(, $extra:expr)*) => {
+        params![
+            $job.id,
+            $job.function,
+            $job.kind,
+            $job.version,
+            $job.payload,
+            $job.caller,
+            $job.depth,
+            $job.status,
+            $job.attempts,
+            $job.max_attempts,
+            $job.run_at,
+            $job.lease_until,
+            $job.result,
+            $job.error,
+            $job.created_at,
+            $job.updated_at
+            $(, $extra)*
+        ]
+    };
+}
+
 #[async_trait]
 impl FunctionsTx for SqliteSession {
     async fn insert_version(
@@ -197,36 +200,26 @@ impl FunctionsTx for SqliteSession {
         manifest: &str,
         at: &str,
     ) -> Result<i64> {
-        Ok(sqlx::query_scalar(
+        self.one(
             "INSERT INTO fb_fn_versions (hash, files, source, manifest, created_at) \
              VALUES (?, ?, ?, ?, ?) RETURNING version",
-        )
-        .bind(hash)
-        .bind(files)
-        .bind(source)
-        .bind(manifest)
-        .bind(at)
-        .fetch_one(self.conn())
-        .await?)
+            [hash, files, source, manifest, at],
+            |r| r.col(0),
+        )?
+        .ok_or(crate::store::Error::NotFound)
     }
 
     async fn put_alias(&mut self, name: &str, weights: &str, at: &str) -> Result<()> {
-        sqlx::query(
+        self.exec(
             "INSERT INTO fb_fn_aliases (name, weights, updated_at) VALUES (?, ?, ?) \
              ON CONFLICT (name) DO UPDATE SET weights = excluded.weights, updated_at = excluded.updated_at",
-        )
-        .bind(name)
-        .bind(weights)
-        .bind(at)
-        .execute(self.conn())
-        .await?;
+            [name, weights, at],
+        )?;
         Ok(())
     }
 
     async fn insert_job(&mut self, job: &JobRow) -> Result<()> {
-        bind_job(sqlx::query(INSERT_JOB), job)
-            .execute(self.conn())
-            .await?;
+        self.exec(INSERT_JOB, job_values!(job))?;
         Ok(())
     }
 
@@ -235,12 +228,7 @@ impl FunctionsTx for SqliteSession {
             "{INSERT_JOB} WHERE NOT EXISTS (SELECT 1 FROM fb_fn_jobs WHERE function = ? AND kind = ? \
              AND status IN ('queued', 'running'))"
         );
-        let done = bind_job(sqlx::query(AssertSqlSafe(sql)), job)
-            .bind(&job.function)
-            .bind(&job.kind)
-            .execute(self.conn())
-            .await?;
-        Ok(done.rows_affected() > 0)
+        Ok(self.exec(&sql, job_values!(job, job.function, job.kind))? > 0)
     }
 
     async fn claim_jobs(
@@ -256,82 +244,60 @@ impl FunctionsTx for SqliteSession {
              (status = 'queued' AND run_at <= ?) OR (status = 'running' AND lease_until < ?) \
              ORDER BY run_at LIMIT ?) RETURNING {JOB_COLUMNS}"
         );
-        let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(lease_until)
-            .bind(at)
-            .bind(now)
-            .bind(now)
-            .bind(i64::from(limit))
-            .fetch_all(self.conn())
-            .await?;
-        rows.iter().map(job_row).collect()
+        self.all(
+            &sql,
+            params![lease_until, at, now, now, i64::from(limit)],
+            |r| job_row(r),
+        )
     }
 
     async fn finish_job(&mut self, u: &JobUpdate<'_>) -> Result<()> {
-        sqlx::query(
+        self.exec(
             "UPDATE fb_fn_jobs SET status = ?, run_at = ?, lease_until = NULL, result = ?, \
              error = ?, updated_at = ? WHERE id = ?",
-        )
-        .bind(u.status)
-        .bind(u.run_at)
-        .bind(u.result)
-        .bind(u.error)
-        .bind(u.at)
-        .bind(u.id)
-        .execute(self.conn())
-        .await?;
+            params![u.status, u.run_at, u.result, u.error, u.at, u.id],
+        )?;
         Ok(())
     }
 
     async fn replay_job(&mut self, id: &str, now: i64, at: &str) -> Result<bool> {
-        let done = sqlx::query(
+        let changed = self.exec(
             "UPDATE fb_fn_jobs SET status = 'queued', attempts = 0, run_at = ?, lease_until = NULL, \
              error = NULL, updated_at = ? WHERE id = ? AND status = 'dead'",
-        )
-        .bind(now)
-        .bind(at)
-        .bind(id)
-        .execute(self.conn())
-        .await?;
-        Ok(done.rows_affected() > 0)
+            params![now, at, id],
+        )?;
+        Ok(changed > 0)
     }
 
     async fn insert_logs(&mut self, lines: &[LogRow]) -> Result<()> {
         for line in lines {
-            sqlx::query(
+            self.exec(
                 "INSERT INTO fb_fn_logs (invocation, function, version, level, message, at) \
                  VALUES (?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&line.invocation)
-            .bind(&line.function)
-            .bind(line.version)
-            .bind(&line.level)
-            .bind(&line.message)
-            .bind(&line.at)
-            .execute(self.conn())
-            .await?;
+                params![
+                    line.invocation,
+                    line.function,
+                    line.version,
+                    line.level,
+                    line.message,
+                    line.at
+                ],
+            )?;
         }
         Ok(())
     }
 
     async fn swap_state(&mut self, key: &str, expected: Option<i64>, new: i64) -> Result<bool> {
-        let done = match expected {
-            None => sqlx::query(
+        let changed = match expected {
+            None => self.exec(
                 "INSERT INTO fb_fn_state (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
-            )
-            .bind(key)
-            .bind(new)
-            .execute(self.conn())
-            .await?,
-            Some(old) => {
-                sqlx::query("UPDATE fb_fn_state SET value = ? WHERE key = ? AND value = ?")
-                    .bind(new)
-                    .bind(key)
-                    .bind(old)
-                    .execute(self.conn())
-                    .await?
-            }
+                params![key, new],
+            )?,
+            Some(old) => self.exec(
+                "UPDATE fb_fn_state SET value = ? WHERE key = ? AND value = ?",
+                params![new, key, old],
+            )?,
         };
-        Ok(done.rows_affected() > 0)
+        Ok(changed > 0)
     }
 }

@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::super::DocRow;
 use super::super::query::Param;
+use super::super::{ChangeRow, DocRow};
+use super::{change_row, doc_row};
 
 /// How long one statement may run on the calling thread before it is interrupted.
 pub const BUDGET: Duration = Duration::from_millis(2);
@@ -75,7 +76,7 @@ impl InlineReaders {
 
     /// Runs `read` on a free connection within the budget; `None` when none is free, the
     /// budget ran out or SQLite failed (the caller then reads the usual way).
-    fn with<T>(&self, read: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Option<T> {
+    fn with<T>(&self, read: impl FnOnce(&Connection) -> Result<T, Failure>) -> Option<T> {
         let n = self.readers.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut reader = (0..n).find_map(|i| self.readers[(start + i) % n].try_lock().ok())?;
@@ -93,8 +94,8 @@ impl InlineReaders {
                 Some(value)
             }
             Err(e) => {
-                let interrupted =
-                    e.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted);
+                let interrupted = matches!(&e, Failure::Sqlite(e)
+                    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted));
                 if interrupted {
                     metrics::counter!("ferrobase_sqlite_inline_fallbacks_total", "reason" => "budget")
                         .increment(1);
@@ -115,7 +116,7 @@ impl InlineReaders {
         self.with(|conn| {
             let mut stmt = conn.prepare_cached(&sql)?;
             let mut rows = stmt.query([id])?;
-            rows.next()?.map(doc_row).transpose()
+            Ok(rows.next()?.map(doc_row).transpose()?)
         })
     }
 
@@ -138,10 +139,55 @@ impl InlineReaders {
             bind(&mut stmt, params)?;
             let mut rows = stmt.raw_query();
             match rows.next()? {
-                Some(row) => row.get(0),
-                None => Err(rusqlite::Error::QueryReturnedNoRows),
+                Some(row) => Ok(row.get(0)?),
+                None => Err(rusqlite::Error::QueryReturnedNoRows.into()),
             }
         })
+    }
+
+    /// Up to `limit` changes after `seq`, in order (the change feed's tail: it runs after
+    /// every commit, for realtime and for the trigger queue).
+    pub fn changes_after(&self, seq: i64, limit: u32) -> Option<Vec<ChangeRow>> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, collection, doc_id, op, before, after, actor, at FROM fb_changes \
+                 WHERE seq > ? ORDER BY seq LIMIT ?",
+            )?;
+            let mut rows = stmt.query([seq, i64::from(limit)])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(change_row(row)?);
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// Why an inline read gave up.
+enum Failure {
+    Sqlite(rusqlite::Error),
+    /// A row the mapper could not read.
+    Row(super::super::Error),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Sqlite(e) => e.fmt(f),
+            Failure::Row(e) => e.fmt(f),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(e: rusqlite::Error) -> Self {
+        Failure::Sqlite(e)
+    }
+}
+
+impl From<super::super::Error> for Failure {
+    fn from(e: super::super::Error) -> Self {
+        Failure::Row(e)
     }
 }
 
@@ -156,15 +202,4 @@ fn bind(stmt: &mut rusqlite::CachedStatement<'_>, params: &[Param]) -> rusqlite:
         }
     }
     Ok(())
-}
-
-fn doc_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DocRow> {
-    Ok(DocRow {
-        id: row.get(0)?,
-        owner: row.get(1)?,
-        created_at: row.get(2)?,
-        updated_at: row.get(3)?,
-        version: row.get(4)?,
-        data: row.get(5)?,
-    })
 }

@@ -5,6 +5,7 @@ mod auth;
 mod dialect;
 mod functions;
 mod inline;
+mod rows;
 mod storage;
 mod tx;
 
@@ -14,7 +15,7 @@ use std::str::FromStr;
 use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    SqliteSynchronous,
 };
 use sqlx::{AssertSqlSafe, Row, Sqlite};
 
@@ -26,10 +27,15 @@ use super::{
 };
 use crate::query::Filter;
 pub(crate) use dialect::Sqlite as Dialect;
+use rows::Cols;
 
 pub(crate) struct SqliteBackend {
     read: SqlitePool,
+    /// For what runs outside the group-commit writer: migrations, retention deletes, the
+    /// checkpoint at close.
     write: SqlitePool,
+    /// The group-commit writer's connection (synchronous, see `tx.rs`).
+    writer: std::sync::Arc<tx::WriterConn>,
     /// Synchronous readers for the hot reads (none for an in-memory database).
     inline: Option<inline::InlineReaders>,
 }
@@ -71,9 +77,9 @@ impl SqliteBackend {
     }
 
     async fn open(connect: SqliteConnectOptions, opts: &Options) -> Result<Self> {
-        let synchronous = match opts.sqlite_synchronous.as_str() {
-            "normal" => SqliteSynchronous::Normal,
-            _ => SqliteSynchronous::Full,
+        let (synchronous, synchronous_name) = match opts.sqlite_synchronous.as_str() {
+            "normal" => (SqliteSynchronous::Normal, "NORMAL"),
+            _ => (SqliteSynchronous::Full, "FULL"),
         };
         let connect = connect
             .create_if_missing(true)
@@ -92,27 +98,34 @@ impl SqliteBackend {
             .connect_with(connect.clone())
             .await?;
         MIGRATOR.run(&write).await?;
+        if !path.is_file() {
+            return Err(Error::Other(format!(
+                "SQLite needs a database file, not {}",
+                path.display()
+            )));
+        }
+        let writer = tx::WriterConn::open(&path, synchronous_name)?;
         let read = SqlitePoolOptions::new()
             .max_connections(opts.max_connections.max(1))
             .acquire_timeout(opts.acquire_timeout)
             .connect_with(connect.pragma("query_only", "true"))
             .await?;
-        let inline = match path {
-            path if opts.sqlite_inline_reads && path.is_file() => {
-                let count = opts.max_connections.clamp(1, 8) as usize;
-                match inline::InlineReaders::open(&path, count) {
-                    Ok(readers) => Some(readers),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "no inline SQLite readers; reading through the pool");
-                        None
-                    }
+        let inline = if opts.sqlite_inline_reads {
+            let count = opts.max_connections.clamp(1, 8) as usize;
+            match inline::InlineReaders::open(&path, count) {
+                Ok(readers) => Some(readers),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no inline SQLite readers; reading through the pool");
+                    None
                 }
             }
-            _ => None,
+        } else {
+            None
         };
         let backend = SqliteBackend {
             read,
             write,
+            writer,
             inline,
         };
         backend.log_settings().await?;
@@ -174,27 +187,27 @@ pub(crate) fn bind_params(
     query
 }
 
-pub(crate) fn doc_row(row: &SqliteRow) -> Result<DocRow> {
+pub(crate) fn doc_row(row: &impl Cols) -> Result<DocRow> {
     Ok(DocRow {
-        id: row.try_get(0)?,
-        owner: row.try_get(1)?,
-        created_at: row.try_get(2)?,
-        updated_at: row.try_get(3)?,
-        version: row.try_get(4)?,
-        data: row.try_get(5)?,
+        id: row.col(0)?,
+        owner: row.col(1)?,
+        created_at: row.col(2)?,
+        updated_at: row.col(3)?,
+        version: row.col(4)?,
+        data: row.col(5)?,
     })
 }
 
-fn change_row(row: &SqliteRow) -> Result<ChangeRow> {
+fn change_row(row: &impl Cols) -> Result<ChangeRow> {
     Ok(ChangeRow {
-        seq: row.try_get(0)?,
-        collection: row.try_get(1)?,
-        doc_id: row.try_get(2)?,
-        op: row.try_get(3)?,
-        before: row.try_get(4)?,
-        after: row.try_get(5)?,
-        actor: row.try_get(6)?,
-        at: row.try_get(7)?,
+        seq: row.col(0)?,
+        collection: row.col(1)?,
+        doc_id: row.col(2)?,
+        op: row.col(3)?,
+        before: row.col(4)?,
+        after: row.col(5)?,
+        actor: row.col(6)?,
+        at: row.col(7)?,
     })
 }
 
@@ -325,6 +338,13 @@ impl Backend for SqliteBackend {
     }
 
     async fn changes_after(&self, seq: i64, limit: u32) -> Result<Vec<ChangeRow>> {
+        if let Some(changes) = self
+            .inline
+            .as_ref()
+            .and_then(|r| r.changes_after(seq, limit))
+        {
+            return Ok(changes);
+        }
         let rows = sqlx::query(
             "SELECT seq, collection, doc_id, op, before, after, actor, at FROM fb_changes \
              WHERE seq > ? ORDER BY seq LIMIT ?",
@@ -358,8 +378,11 @@ impl Backend for SqliteBackend {
     }
 
     async fn write_session(&self) -> Result<Box<dyn WriteSession>> {
-        let conn = self.write.acquire().await?;
-        Ok(Box::new(tx::SqliteSession::new(conn)))
+        Ok(Box::new(self.writer.session()?))
+    }
+
+    fn writer_thread(&self) -> bool {
+        true
     }
 
     async fn notify_catalog(&self) -> Result<()> {
@@ -409,6 +432,7 @@ impl Backend for SqliteBackend {
     }
 
     async fn close(&self) {
+        self.writer.close();
         self.read.close().await;
         if let Ok(mut conn) = self.write.acquire().await {
             let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -1,43 +1,32 @@
 //! Storage tables on SQLite. Mirrors `postgres/storage.rs`.
 
 use async_trait::async_trait;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{AssertSqlSafe, Executor, Row, Sqlite};
+use rusqlite::params;
+use sqlx::AssertSqlSafe;
 
 use super::SqliteBackend;
+use super::rows::Cols;
 use super::tx::SqliteSession;
 use crate::store::Result;
 use crate::store::storage::{BucketRow, OBJECT_COLUMNS, ObjectRow, StorageRead, StorageTx};
 
-fn object_row(r: &SqliteRow) -> Result<ObjectRow> {
+fn object_row(r: &impl Cols) -> Result<ObjectRow> {
     Ok(ObjectRow {
-        bucket: r.try_get(0)?,
-        key: r.try_get(1)?,
-        blob: r.try_get(2)?,
-        size: r.try_get(3)?,
-        content_type: r.try_get(4)?,
-        etag: r.try_get(5)?,
-        metadata: r.try_get(6)?,
-        owner: r.try_get(7)?,
-        created_at: r.try_get(8)?,
-        updated_at: r.try_get(9)?,
+        bucket: r.col(0)?,
+        key: r.col(1)?,
+        blob: r.col(2)?,
+        size: r.col(3)?,
+        content_type: r.col(4)?,
+        etag: r.col(5)?,
+        metadata: r.col(6)?,
+        owner: r.col(7)?,
+        created_at: r.col(8)?,
+        updated_at: r.col(9)?,
     })
 }
 
-async fn get_object<'e>(
-    exec: impl Executor<'e, Database = Sqlite>,
-    bucket: &str,
-    key: &str,
-) -> Result<Option<ObjectRow>> {
-    let sql = format!("SELECT {OBJECT_COLUMNS} FROM fb_objects WHERE bucket = ? AND key = ?");
-    sqlx::query(AssertSqlSafe(sql))
-        .bind(bucket)
-        .bind(key)
-        .fetch_optional(exec)
-        .await?
-        .as_ref()
-        .map(object_row)
-        .transpose()
+fn get_object_sql() -> String {
+    format!("SELECT {OBJECT_COLUMNS} FROM fb_objects WHERE bucket = ? AND key = ?")
 }
 
 #[async_trait]
@@ -50,17 +39,24 @@ impl StorageRead for SqliteBackend {
         rows.iter()
             .map(|r| {
                 Ok(BucketRow {
-                    name: r.try_get(0)?,
-                    spec: r.try_get(1)?,
-                    created_at: r.try_get(2)?,
-                    updated_at: r.try_get(3)?,
+                    name: r.col(0)?,
+                    spec: r.col(1)?,
+                    created_at: r.col(2)?,
+                    updated_at: r.col(3)?,
                 })
             })
             .collect()
     }
 
     async fn get_object(&self, bucket: &str, key: &str) -> Result<Option<ObjectRow>> {
-        get_object(&self.read, bucket, key).await
+        sqlx::query(AssertSqlSafe(get_object_sql()))
+            .bind(bucket)
+            .bind(key)
+            .fetch_optional(&self.read)
+            .await?
+            .as_ref()
+            .map(object_row)
+            .transpose()
     }
 
     async fn list_objects(
@@ -99,41 +95,28 @@ impl StorageRead for SqliteBackend {
 impl StorageTx for SqliteSession {
     async fn put_bucket(&mut self, name: &str, spec: &str, at: &str) -> Result<bool> {
         let existed: Option<String> =
-            sqlx::query_scalar("SELECT name FROM fb_buckets WHERE name = ?")
-                .bind(name)
-                .fetch_optional(self.conn())
-                .await?;
-        sqlx::query(
+            self.one("SELECT name FROM fb_buckets WHERE name = ?", [name], |r| {
+                r.col(0)
+            })?;
+        self.exec(
             "INSERT INTO fb_buckets (name, spec, created_at, updated_at) VALUES (?, ?, ?, ?) \
              ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
-        )
-        .bind(name)
-        .bind(spec)
-        .bind(at)
-        .bind(at)
-        .execute(self.conn())
-        .await?;
+            [name, spec, at, at],
+        )?;
         Ok(existed.is_none())
     }
 
     async fn delete_bucket(&mut self, name: &str) -> Result<bool> {
-        sqlx::query("DELETE FROM fb_objects WHERE bucket = ?")
-            .bind(name)
-            .execute(self.conn())
-            .await?;
-        let done = sqlx::query("DELETE FROM fb_buckets WHERE name = ?")
-            .bind(name)
-            .execute(self.conn())
-            .await?;
-        Ok(done.rows_affected() > 0)
+        self.exec("DELETE FROM fb_objects WHERE bucket = ?", [name])?;
+        Ok(self.exec("DELETE FROM fb_buckets WHERE name = ?", [name])? > 0)
     }
 
     async fn get_object(&mut self, bucket: &str, key: &str) -> Result<Option<ObjectRow>> {
-        get_object(self.conn(), bucket, key).await
+        self.one(&get_object_sql(), [bucket, key], |r| object_row(r))
     }
 
     async fn put_object(&mut self, row: &ObjectRow) -> Result<Option<ObjectRow>> {
-        let old = get_object(self.conn(), &row.bucket, &row.key).await?;
+        let old = StorageTx::get_object(self, &row.bucket, &row.key).await?;
         let created_at = old
             .as_ref()
             .map_or(row.created_at.as_str(), |o| o.created_at.as_str());
@@ -143,30 +126,31 @@ impl StorageTx for SqliteSession {
              content_type = excluded.content_type, etag = excluded.etag, metadata = excluded.metadata, \
              owner = excluded.owner, updated_at = excluded.updated_at"
         );
-        sqlx::query(AssertSqlSafe(sql))
-            .bind(&row.bucket)
-            .bind(&row.key)
-            .bind(&row.blob)
-            .bind(row.size)
-            .bind(&row.content_type)
-            .bind(&row.etag)
-            .bind(&row.metadata)
-            .bind(&row.owner)
-            .bind(created_at)
-            .bind(&row.updated_at)
-            .execute(self.conn())
-            .await?;
+        self.exec(
+            &sql,
+            params![
+                row.bucket,
+                row.key,
+                row.blob,
+                row.size,
+                row.content_type,
+                row.etag,
+                row.metadata,
+                row.owner,
+                created_at,
+                row.updated_at
+            ],
+        )?;
         Ok(old)
     }
 
     async fn delete_object(&mut self, bucket: &str, key: &str) -> Result<Option<ObjectRow>> {
-        let old = get_object(self.conn(), bucket, key).await?;
+        let old = StorageTx::get_object(self, bucket, key).await?;
         if old.is_some() {
-            sqlx::query("DELETE FROM fb_objects WHERE bucket = ? AND key = ?")
-                .bind(bucket)
-                .bind(key)
-                .execute(self.conn())
-                .await?;
+            self.exec(
+                "DELETE FROM fb_objects WHERE bucket = ? AND key = ?",
+                [bucket, key],
+            )?;
         }
         Ok(old)
     }

@@ -1,89 +1,204 @@
-//! The SQLite write session: a transaction on the single writer connection.
+//! The SQLite write session: a transaction on the single writer connection, run
+//! synchronously.
 //!
-//! sqlx runs each SQLite connection on its own thread, so every query is a round trip
-//! between threads. A document write and its change row therefore go as one multi-statement
-//! query (sqlx binds `?` parameters across the statements): one round trip per write.
+//! On SQLite the group-commit writer runs on a thread of its own (`writer.rs`) and drives
+//! a rusqlite connection from there, so a batch — `BEGIN`, every statement, `COMMIT` —
+//! costs no thread hand-off at all. (sqlx's SQLite driver sends each statement to a
+//! per-connection worker thread and waits for the answer: two wake-ups per statement,
+//! which cost more CPU than SQLite's own work on a create; see BENCHMARKS.md.) The reads
+//! outside transactions stay on sqlx's pool and the inline readers.
+//!
 //! SQLite undoes a failing statement by itself and keeps the transaction, so when the
 //! document statement fails (a unique conflict) nothing was written and no savepoint is
 //! needed; if the change statement after it failed, the session is poisoned.
 
-use async_trait::async_trait;
-use sqlx::pool::PoolConnection;
-use sqlx::sqlite::SqliteArguments;
-use sqlx::{AssertSqlSafe, Row, Sqlite};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags, Params, Row, params};
+
+use super::rows::Cols;
 use super::{doc_row, table};
 use crate::store::query::index_expressions;
 use crate::store::writer::WriteSession;
 use crate::store::{DocRow, Error, IndexDef, NewChange, Result, TableRef, Tx};
 
-/// Appends the change of the write just before it, only if that write changed a row.
-const CHANGE_AFTER_WRITE: &str = "INSERT INTO fb_changes (collection, doc_id, op, before, after, actor, at) \
-     SELECT ?, ?, ?, ?, ?, ?, ? WHERE changes() > 0 RETURNING seq";
+const APPEND_CHANGE: &str = "INSERT INTO fb_changes (collection, doc_id, op, before, after, actor, at) \
+     VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq";
 
-type Query<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments>;
+/// The writer's connection, handed to one session at a time.
+pub(crate) struct WriterConn {
+    idle: Mutex<Option<Connection>>,
+    path: PathBuf,
+    synchronous: &'static str,
+}
 
-fn bind_change<'q>(query: Query<'q>, change: &NewChange<'_>) -> Query<'q> {
-    query
-        .bind(change.collection.to_owned())
-        .bind(change.doc_id.to_owned())
-        .bind(change.op.to_owned())
-        .bind(change.before.map(str::to_owned))
-        .bind(change.after.map(str::to_owned))
-        .bind(change.actor.map(str::to_owned))
-        .bind(change.at.to_owned())
+impl WriterConn {
+    /// Opens the writer connection to the database file at `path` (which must exist).
+    pub(crate) fn open(path: &Path, synchronous: &'static str) -> Result<Arc<WriterConn>> {
+        let conn = connect(path, synchronous)?;
+        Ok(Arc::new(WriterConn {
+            idle: Mutex::new(Some(conn)),
+            path: path.to_owned(),
+            synchronous,
+        }))
+    }
+
+    /// A session on the connection; a new connection if the last session lost it.
+    pub(crate) fn session(self: &Arc<Self>) -> Result<SqliteSession> {
+        let idle = self.idle.lock().ok().and_then(|mut idle| idle.take());
+        let conn = match idle {
+            Some(conn) => conn,
+            None => connect(&self.path, self.synchronous)?,
+        };
+        Ok(SqliteSession {
+            conn: Some(conn),
+            home: self.clone(),
+            last_seq: None,
+            saved: None,
+            poisoned: false,
+        })
+    }
+
+    /// Closes the connection (at shutdown, after the writer stopped).
+    pub(crate) fn close(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.take();
+        }
+    }
+}
+
+fn connect(path: &Path, synchronous: &str) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    // `journal_mode = WAL` is a property of the file, set when sqlx opened it; the rest
+    // are per connection and must match the pool's (see `SqliteBackend::open`).
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = ON; \
+         PRAGMA temp_store = memory; PRAGMA cache_size = -16000;"
+    ))?;
+    conn.set_prepared_statement_cache_capacity(512);
+    Ok(conn)
 }
 
 pub(crate) struct SqliteSession {
-    conn: PoolConnection<Sqlite>,
+    /// `None` once a failed rollback made the connection's state unknown.
+    conn: Option<Connection>,
+    home: Arc<WriterConn>,
     last_seq: Option<i64>,
     saved: Option<i64>,
     poisoned: bool,
 }
 
+impl Drop for SqliteSession {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take()
+            && let Ok(mut idle) = self.home.idle.lock()
+        {
+            *idle = Some(conn);
+        }
+    }
+}
+
 impl SqliteSession {
-    /// The connection, for the auth statements (`auth.rs`).
-    pub(crate) fn conn(&mut self) -> &mut sqlx::SqliteConnection {
-        &mut self.conn
+    fn conn(&self) -> Result<&Connection> {
+        self.conn
+            .as_ref()
+            .ok_or_else(|| Error::Unavailable("the writer connection is closed".into()))
     }
 
-    pub(crate) fn new(conn: PoolConnection<Sqlite>) -> Self {
-        Self {
-            conn,
-            last_seq: None,
-            saved: None,
-            poisoned: false,
+    /// Runs one statement; the rows it changed.
+    pub(crate) fn exec(&self, sql: &str, params: impl Params) -> Result<usize> {
+        Ok(self.conn()?.prepare_cached(sql)?.execute(params)?)
+    }
+
+    /// The first row a statement returns, mapped.
+    pub(crate) fn one<T>(
+        &self,
+        sql: &str,
+        params: impl Params,
+        map: impl FnOnce(&Row<'_>) -> Result<T>,
+    ) -> Result<Option<T>> {
+        let mut stmt = self.conn()?.prepare_cached(sql)?;
+        let mut rows = stmt.query(params)?;
+        match rows.next()? {
+            Some(row) => map(row).map(Some),
+            None => Ok(None),
         }
     }
 
-    /// Runs `write; CHANGE_AFTER_WRITE` in one round trip; `NotFound` when the write
-    /// changed no row.
-    async fn write_with_change(&mut self, query: Query<'_>) -> Result<i64> {
-        match query.fetch_all(&mut *self.conn).await {
-            Ok(rows) => {
-                let Some(row) = rows.last() else {
-                    return Err(Error::NotFound);
-                };
-                let seq: i64 = row.try_get(0)?;
-                self.last_seq = Some(seq);
-                Ok(seq)
-            }
+    /// Every row a statement returns, mapped.
+    pub(crate) fn all<T>(
+        &self,
+        sql: &str,
+        params: impl Params,
+        mut map: impl FnMut(&Row<'_>) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let mut stmt = self.conn()?.prepare_cached(sql)?;
+        let mut rows = stmt.query(params)?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(map(row)?);
+        }
+        Ok(out)
+    }
+
+    /// A statement that is not worth caching (DDL, transaction control).
+    fn run(&self, sql: &str) -> Result<()> {
+        self.conn()?.execute_batch(sql)?;
+        Ok(())
+    }
+
+    /// Runs a document write and appends its change; `NotFound` when the write changed
+    /// no row.
+    fn write_with_change(
+        &mut self,
+        sql: &str,
+        params: impl Params,
+        change: &NewChange<'_>,
+    ) -> Result<i64> {
+        match self.exec(sql, params) {
+            Ok(0) => return Err(Error::NotFound),
+            Ok(_) => {}
             Err(e) => {
-                let e = Error::from(e);
-                // A conflict names the document table: the first statement failed and
-                // SQLite undid it. Anything else may have come after the document was
-                // written.
+                // A conflict: SQLite undid the statement and nothing was written. Anything
+                // else may have ended the transaction.
                 if !matches!(e, Error::Conflict { .. }) {
                     self.poisoned = true;
                 }
-                Err(e)
+                return Err(e);
             }
         }
+        let seq = self.insert_change(change);
+        if seq.is_err() {
+            self.poisoned = true;
+        }
+        seq
     }
 
-    async fn exec(&mut self, sql: &'static str) -> Result<()> {
-        sqlx::query(sql).execute(&mut *self.conn).await?;
-        Ok(())
+    fn insert_change(&mut self, c: &NewChange<'_>) -> Result<i64> {
+        let seq = self
+            .one(
+                APPEND_CHANGE,
+                params![
+                    c.collection,
+                    c.doc_id,
+                    c.op,
+                    c.before,
+                    c.after,
+                    c.actor,
+                    c.at
+                ],
+                |r| r.col(0),
+            )?
+            .ok_or(Error::NotFound)?;
+        self.last_seq = Some(seq);
+        Ok(seq)
     }
 }
 
@@ -92,35 +207,35 @@ impl WriteSession for SqliteSession {
     async fn begin(&mut self) -> Result<()> {
         self.last_seq = None;
         self.poisoned = false;
-        self.exec("BEGIN IMMEDIATE").await
+        self.exec("BEGIN IMMEDIATE", []).map(drop)
     }
 
     async fn commit(&mut self) -> Result<()> {
-        self.exec("COMMIT").await
+        self.exec("COMMIT", []).map(drop)
     }
 
     async fn rollback(&mut self) -> Result<()> {
-        let result = self.exec("ROLLBACK").await;
+        let result = self.exec("ROLLBACK", []).map(drop);
         if result.is_err() {
             // The connection's state is unknown: do not hand it to the next batch.
-            self.conn.close_on_drop();
+            self.conn = None;
         }
         result
     }
 
     async fn savepoint(&mut self) -> Result<()> {
         self.saved = self.last_seq;
-        self.exec("SAVEPOINT job").await
+        self.exec("SAVEPOINT job", []).map(drop)
     }
 
     async fn release(&mut self) -> Result<()> {
-        self.exec("RELEASE job").await
+        self.exec("RELEASE job", []).map(drop)
     }
 
     async fn rollback_to(&mut self) -> Result<()> {
         self.last_seq = self.saved;
         self.poisoned = false;
-        self.exec("ROLLBACK TO job").await
+        self.exec("ROLLBACK TO job", []).map(drop)
     }
 
     fn last_seq(&self) -> Option<i64> {
@@ -135,11 +250,7 @@ impl Tx for SqliteSession {
             "SELECT id, owner, created_at, updated_at, version, data FROM {} WHERE id = ?",
             table(t.id)
         );
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_optional(&mut *self.conn)
-            .await?;
-        row.as_ref().map(doc_row).transpose()
+        self.one(&sql, [id], |r| doc_row(r))
     }
 
     async fn insert_doc(
@@ -149,17 +260,18 @@ impl Tx for SqliteSession {
         change: &NewChange<'_>,
     ) -> Result<i64> {
         let sql = format!(
-            "INSERT INTO {} (id, owner, created_at, updated_at, version, data) VALUES (?, ?, ?, ?, ?, ?); {CHANGE_AFTER_WRITE}",
+            "INSERT INTO {} (id, owner, created_at, updated_at, version, data) VALUES (?, ?, ?, ?, ?, ?)",
             table(t.id)
         );
-        let query = sqlx::query(AssertSqlSafe(sql))
-            .bind(row.id.clone())
-            .bind(row.owner.clone())
-            .bind(row.created_at.clone())
-            .bind(row.updated_at.clone())
-            .bind(row.version)
-            .bind(row.data.clone());
-        self.write_with_change(bind_change(query, change)).await
+        let values = params![
+            row.id,
+            row.owner,
+            row.created_at,
+            row.updated_at,
+            row.version,
+            row.data
+        ];
+        self.write_with_change(&sql, values, change)
     }
 
     async fn update_doc(
@@ -169,111 +281,67 @@ impl Tx for SqliteSession {
         change: &NewChange<'_>,
     ) -> Result<i64> {
         let sql = format!(
-            "UPDATE {} SET owner = ?, updated_at = ?, version = ?, data = ? WHERE id = ?; {CHANGE_AFTER_WRITE}",
+            "UPDATE {} SET owner = ?, updated_at = ?, version = ?, data = ? WHERE id = ?",
             table(t.id)
         );
-        let query = sqlx::query(AssertSqlSafe(sql))
-            .bind(row.owner.clone())
-            .bind(row.updated_at.clone())
-            .bind(row.version)
-            .bind(row.data.clone())
-            .bind(row.id.clone());
-        self.write_with_change(bind_change(query, change)).await
+        let values = params![row.owner, row.updated_at, row.version, row.data, row.id];
+        self.write_with_change(&sql, values, change)
     }
 
     async fn delete_doc(&mut self, t: TableRef, id: &str, change: &NewChange<'_>) -> Result<i64> {
-        let sql = format!(
-            "DELETE FROM {} WHERE id = ?; {CHANGE_AFTER_WRITE}",
-            table(t.id)
-        );
-        let query = sqlx::query(AssertSqlSafe(sql)).bind(id.to_owned());
-        self.write_with_change(bind_change(query, change)).await
+        let sql = format!("DELETE FROM {} WHERE id = ?", table(t.id));
+        self.write_with_change(&sql, [id], change)
     }
 
     async fn append_change(&mut self, change: &NewChange<'_>) -> Result<i64> {
-        let seq: i64 = sqlx::query_scalar(
-            "INSERT INTO fb_changes (collection, doc_id, op, before, after, actor, at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq",
-        )
-        .bind(change.collection)
-        .bind(change.doc_id)
-        .bind(change.op)
-        .bind(change.before)
-        .bind(change.after)
-        .bind(change.actor)
-        .bind(change.at)
-        .fetch_one(&mut *self.conn)
-        .await?;
-        self.last_seq = Some(seq);
-        Ok(seq)
+        self.insert_change(change)
     }
 
     async fn create_collection(&mut self, name: &str, spec: &str, at: &str) -> Result<i64> {
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO fb_collections (name, spec, version, created_at, updated_at) \
-             VALUES (?, ?, 1, ?, ?) RETURNING id",
-        )
-        .bind(name)
-        .bind(spec)
-        .bind(at)
-        .bind(at)
-        .fetch_one(&mut *self.conn)
-        .await?;
+        let id: i64 = self
+            .one(
+                "INSERT INTO fb_collections (name, spec, version, created_at, updated_at) \
+                 VALUES (?, ?, 1, ?, ?) RETURNING id",
+                params![name, spec, at, at],
+                |r| r.col(0),
+            )?
+            .ok_or(Error::NotFound)?;
         let t = table(id);
-        let ddl = format!(
+        self.run(&format!(
             "CREATE TABLE {t} (id TEXT PRIMARY KEY NOT NULL, owner TEXT, created_at TEXT NOT NULL, \
-             updated_at TEXT NOT NULL, version INTEGER NOT NULL, data TEXT NOT NULL)"
-        );
-        sqlx::query(AssertSqlSafe(ddl))
-            .execute(&mut *self.conn)
-            .await?;
-        let owner = format!("CREATE INDEX {t}_owner ON {t} (owner, id)");
-        sqlx::query(AssertSqlSafe(owner))
-            .execute(&mut *self.conn)
-            .await?;
+             updated_at TEXT NOT NULL, version INTEGER NOT NULL, data TEXT NOT NULL); \
+             CREATE INDEX {t}_owner ON {t} (owner, id);"
+        ))?;
         Ok(id)
     }
 
     async fn update_collection(&mut self, id: i64, spec: &str, at: &str) -> Result<i64> {
-        let version: Option<i64> = sqlx::query_scalar(
+        self.one(
             "UPDATE fb_collections SET spec = ?, version = version + 1, updated_at = ? \
              WHERE id = ? RETURNING version",
-        )
-        .bind(spec)
-        .bind(at)
-        .bind(id)
-        .fetch_optional(&mut *self.conn)
-        .await?;
-        version.ok_or(Error::NotFound)
+            params![spec, at, id],
+            |r| r.col(0),
+        )?
+        .ok_or(Error::NotFound)
     }
 
     async fn drop_collection(&mut self, id: i64) -> Result<()> {
-        sqlx::query("DELETE FROM fb_collections WHERE id = ?")
-            .bind(id)
-            .execute(&mut *self.conn)
-            .await?;
-        let ddl = format!("DROP TABLE IF EXISTS {}", table(id));
-        sqlx::query(AssertSqlSafe(ddl))
-            .execute(&mut *self.conn)
-            .await?;
-        Ok(())
+        self.exec("DELETE FROM fb_collections WHERE id = ?", [id])?;
+        self.run(&format!("DROP TABLE IF EXISTS {}", table(id)))
     }
 
     async fn index_keys(&mut self, table_id: i64) -> Result<Vec<String>> {
         let prefix = format!("{}_x", table(table_id));
-        let rows =
-            sqlx::query("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?")
-                .bind(table(table_id))
-                .fetch_all(&mut *self.conn)
-                .await?;
-        let mut keys = Vec::new();
-        for row in rows {
-            let name: String = row.try_get(0)?;
-            if let Some(key) = name.strip_prefix(&prefix) {
-                keys.push(key.to_owned());
-            }
-        }
-        Ok(keys)
+        let names: Vec<String> = self.all(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?",
+            [table(table_id)],
+            |r| r.col(0),
+        )?;
+        Ok(names
+            .iter()
+            .filter_map(|name| name.strip_prefix(&prefix))
+            .map(str::to_owned)
+            .collect())
     }
 
     async fn create_index(&mut self, table_id: i64, index: &IndexDef) -> Result<()> {
@@ -283,16 +351,12 @@ impl Tx for SqliteSession {
             // Rows with equal keys come out in `_id` order, the sort's tie-breaker.
             exprs.push("id".to_owned());
         }
-        let ddl = format!(
+        self.run(&format!(
             "CREATE {}INDEX {t}_x{} ON {t} ({})",
             if index.unique { "UNIQUE " } else { "" },
             index.key,
             exprs.join(", ")
-        );
-        sqlx::query(AssertSqlSafe(ddl))
-            .execute(&mut *self.conn)
-            .await?;
-        Ok(())
+        ))
     }
 
     fn poisoned(&self) -> bool {
@@ -315,10 +379,6 @@ impl Tx for SqliteSession {
         if !key.chars().all(|c| c.is_ascii_alphanumeric()) {
             return Err(Error::Other("BUG: index key is not alphanumeric".into()));
         }
-        let ddl = format!("DROP INDEX IF EXISTS {}_x{key}", table(table_id));
-        sqlx::query(AssertSqlSafe(ddl))
-            .execute(&mut *self.conn)
-            .await?;
-        Ok(())
+        self.run(&format!("DROP INDEX IF EXISTS {}_x{key}", table(table_id)))
     }
 }
