@@ -6,13 +6,17 @@
 //!   that dies mid-run leaves a lease that expires, so the job runs again (at least once);
 //! - the trigger pump: reads the change log after a shared cursor and, in one transaction,
 //!   queues a job for every change some handler listens to and moves the cursor (a
-//!   compare-and-swap, so two nodes never queue the same change);
+//!   compare-and-swap, so two nodes never queue the same change). Over changes nobody
+//!   listens to it moves on in memory and stores the cursor at most once a second, so an
+//!   app without triggers does not pay a second commit per commit; after a crash those
+//!   changes are looked at again, which queues nothing unless a handler for them was
+//!   deployed in between;
 //! - cron: each tick is claimed with a compare-and-swap on the cron's last tick, so one
 //!   node runs it; after downtime only the latest missed tick runs (one catch-up); a run
 //!   is not queued while the previous one is still queued or running.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use serde_json::{Value, json};
@@ -26,6 +30,28 @@ use crate::store::{ChangeRow, Tx};
 
 const PUMP_CURSOR: &str = "trigger_cursor";
 const PUMP_BATCH: u32 = 500;
+/// How long the pump may look past the stored cursor over changes no handler listens to
+/// before it stores its position (a change that queues a job stores it at once).
+const CURSOR_EVERY: Duration = Duration::from_secs(1);
+
+/// The trigger pump's position: the cursor as stored, and how far it has looked past it
+/// over changes that queued nothing.
+#[derive(Debug, Clone, Copy)]
+struct PumpCursor {
+    stored: i64,
+    stored_at: Instant,
+    seen: i64,
+}
+
+impl PumpCursor {
+    fn stored(seq: i64) -> Self {
+        PumpCursor {
+            stored: seq,
+            stored_at: Instant::now(),
+            seen: seq,
+        }
+    }
+}
 
 /// The principal a change's `actor` names (after-triggers run as the writer). Only the
 /// id survives the change log: a user's role and claims are not known here.
@@ -105,49 +131,83 @@ impl Functions {
     /// Queues after-triggers for new changes.
     pub(super) async fn pump_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut commits = self.store.subscribe_commits();
+        let mut cursor = None;
         loop {
-            match self.pump_once().await {
+            match self.pump_once(&mut cursor).await {
                 Ok(true) => continue,
                 Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "queueing triggers failed"),
+                Err(e) => {
+                    cursor = None;
+                    tracing::warn!(error = %e, "queueing triggers failed");
+                }
             }
             tokio::select! {
                 _ = commits.changed() => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(CURSOR_EVERY) => {}
                 _ = stop.changed() => return,
             }
         }
     }
 
     /// One pass; true when there may be more to do at once.
-    async fn pump_once(&self) -> Result<bool, super::Error> {
-        let read = self.store.functions();
-        let Some(cursor) = read.get_state(PUMP_CURSOR).await? else {
-            // First start: triggers apply to changes from now on, not to history.
-            let last = self.store.last_seq().await?;
-            self.store
-                .write::<_, super::Error>(Box::new(move |tx: &mut dyn Tx| {
-                    async move { Ok(tx.functions().swap_state(PUMP_CURSOR, None, last).await?) }
-                        .boxed()
-                }))
-                .await?;
-            return Ok(true);
+    async fn pump_once(&self, at: &mut Option<PumpCursor>) -> Result<bool, super::Error> {
+        let cursor = match *at {
+            Some(cursor) => cursor,
+            None => {
+                let Some(stored) = self.store.functions().get_state(PUMP_CURSOR).await? else {
+                    // First start: triggers apply to changes from now on, not to history.
+                    let last = self.store.last_seq().await?;
+                    self.store
+                        .write::<_, super::Error>(Box::new(move |tx: &mut dyn Tx| {
+                            async move {
+                                Ok(tx.functions().swap_state(PUMP_CURSOR, None, last).await?)
+                            }
+                            .boxed()
+                        }))
+                        .await?;
+                    return Ok(true);
+                };
+                let cursor = PumpCursor::stored(stored);
+                *at = Some(cursor);
+                cursor
+            }
         };
-        let rows = self.store.changes_after(cursor, PUMP_BATCH).await?;
+        let rows = self.store.changes_after(cursor.seen, PUMP_BATCH).await?;
         let Some(last) = rows.last().map(|r| r.seq) else {
+            if cursor.seen > cursor.stored && cursor.stored_at.elapsed() >= CURSOR_EVERY {
+                self.move_cursor(at, cursor, cursor.seen, Vec::new())
+                    .await?;
+            }
             return Ok(false);
         };
-        if let Some(oldest) = self.store.oldest_seq().await?
-            && oldest > cursor + 1
+        if rows.first().is_some_and(|r| r.seq > cursor.seen + 1)
+            && let Some(oldest) = self.store.oldest_seq().await?
+            && oldest > cursor.seen + 1
         {
             tracing::warn!(
-                cursor,
+                cursor = cursor.seen,
                 oldest,
                 "changes were pruned before their triggers were queued"
             );
         }
+        let jobs = self.trigger_jobs(&rows);
+        if jobs.is_empty() && cursor.stored_at.elapsed() < CURSOR_EVERY {
+            // Nothing listens to these changes: look past them without a write of its own
+            // (that would double the commits of a write-heavy app with no triggers).
+            *at = Some(PumpCursor {
+                seen: last,
+                ..cursor
+            });
+            return Ok(true);
+        }
+        self.move_cursor(at, cursor, last, jobs).await?;
+        Ok(true)
+    }
+
+    /// The jobs the current version's handlers want for these changes.
+    fn trigger_jobs(&self, rows: &[ChangeRow]) -> Vec<JobRow> {
         let mut jobs = Vec::new();
-        for row in &rows {
+        for row in rows {
             let Some((kind, key, payload)) = trigger_for(row) else {
                 continue;
             };
@@ -180,14 +240,28 @@ impl Functions {
                 depth,
             ));
         }
+        jobs
+    }
+
+    /// Queues `jobs` and moves the stored cursor to `to`, in one transaction; the cursor is a
+    /// compare-and-swap on the stored value, so when another node moved it first nothing is
+    /// queued here and the pump reads the cursor again.
+    async fn move_cursor(
+        &self,
+        at: &mut Option<PumpCursor>,
+        cursor: PumpCursor,
+        to: i64,
+        jobs: Vec<JobRow>,
+    ) -> Result<(), super::Error> {
         let queued = !jobs.is_empty();
+        let from = cursor.stored;
         let moved = self
             .store
             .write::<_, super::Error>(Box::new(move |tx: &mut dyn Tx| {
                 async move {
                     if !tx
                         .functions()
-                        .swap_state(PUMP_CURSOR, Some(cursor), last)
+                        .swap_state(PUMP_CURSOR, Some(from), to)
                         .await?
                     {
                         return Ok(false);
@@ -200,10 +274,11 @@ impl Functions {
                 .boxed()
             }))
             .await?;
+        *at = moved.then(|| PumpCursor::stored(to));
         if moved && queued {
             self.jobs_ready.notify_waiters();
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Leases and runs due jobs.
