@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, Options, TestServer, assert_error, eventually};
+use crate::helpers::{Backend, Options, TestServer, assert_error, eventually, metric};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -18,6 +18,7 @@ on_both_backends!(
     versions_split_traffic_stickily_and_roll_back,
     storage_from_functions_keeps_the_bucket_rules,
     object_and_auth_triggers_fire_with_their_payload,
+    writes_nobody_listens_to_cost_one_commit,
 );
 
 const APP: &str = r#"
@@ -261,6 +262,59 @@ for (const kind of ["afterCreate", "afterUpdate", "afterDelete"]) {
 // A trigger that writes to its own collection stops at depth 3 (FN-09).
 fb.afterCreate("loops", async (e, ctx) => { await ctx.admin.db.collection("loops").add({ n: (e.doc.n || 0) + 1 }); });
 "#;
+
+async fn writer_batches(s: &TestServer) -> u64 {
+    let text = s
+        .req(Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metric(&text, "ferrobase_writer_batch_size_count")
+}
+
+/// The trigger pump reads every commit, but moves its stored cursor for changes no handler
+/// listens to at most once a second: an app's writes do not each cost a second commit.
+async fn writes_nobody_listens_to_cost_one_commit(backend: Backend) {
+    let s = Options::new(backend)
+        .function_file("main.js", TRIGGERS)
+        .start()
+        .await;
+    for name in ["quiet", "todos", "audit"] {
+        s.collection(name, json!({"rules": {"create": "true"}}))
+            .await;
+    }
+    // Let the pump settle after the catalog writes.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = writer_batches(&s).await;
+    let started = Instant::now();
+    for n in 0..40 {
+        s.create("quiet", json!({ "n": n })).await;
+    }
+    let spent = started.elapsed().as_secs();
+    let batches = writer_batches(&s).await - before;
+    // One batch per create, plus the cursor stored about once a second.
+    assert!(
+        batches <= 40 + spent + 2,
+        "{batches} writer batches for 40 sequential creates in {spent} s"
+    );
+    // A change a handler listens to still queues its trigger, once.
+    let todo = s.create("todos", json!({"title": "t"})).await;
+    let id = todo["_id"].as_str().unwrap().to_owned();
+    let audit = eventually(Duration::from_secs(10), || async {
+        let (_, page) = s.svc_get("/v1/db/audit?limit=10").await;
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        (!items.is_empty()).then_some(items)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, page) = s.svc_get("/v1/db/audit?limit=10").await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 1, "{page}");
+    assert_eq!(audit[0]["id"], id.as_str());
+    s.assert_healthy().await;
+}
 
 async fn triggers_fire_once_with_the_right_payload(backend: Backend) {
     let s = Options::new(backend)

@@ -580,6 +580,13 @@ where
     }
 }
 
+/// The counter `name{labels}` in the Prometheus text, or 0.
+pub fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 pub fn path_exists(p: &Path) -> bool {
     p.exists()
 }

@@ -5,7 +5,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestServer, assert_error};
+use crate::helpers::{Backend, TestServer, assert_error, metric};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -444,13 +444,6 @@ async fn declared_indexes_are_used_by_queries(backend: Backend) {
             "{body} should use the index on {index_field}:\n{text}"
         );
     }
-}
-
-/// The counter `name{labels}` in the Prometheus text, or 0.
-fn metric(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// SQLite's hot reads run on the calling thread; a scan past the time budget is stopped
