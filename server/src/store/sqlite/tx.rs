@@ -97,7 +97,10 @@ pub(crate) struct SqliteSession {
 
 impl Drop for SqliteSession {
     fn drop(&mut self) {
+        // A session dropped inside a transaction (only if the writer itself failed) closes
+        // its connection, which rolls the transaction back; the next session opens another.
         if let Some(conn) = self.conn.take()
+            && conn.is_autocommit()
             && let Ok(mut idle) = self.home.idle.lock()
         {
             *idle = Some(conn);
@@ -380,5 +383,34 @@ impl Tx for SqliteSession {
             return Err(Error::Other("BUG: index key is not alphanumeric".into()));
         }
         self.run(&format!("DROP INDEX IF EXISTS {}_x{key}", table(table_id)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_session_dropped_inside_a_transaction_does_not_poison_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (n INTEGER);")
+            .unwrap();
+        let writer = WriterConn::open(&path, "FULL").unwrap();
+        let mut first = writer.session().unwrap();
+        first.begin().await.unwrap();
+        first.exec("INSERT INTO t VALUES (1)", []).unwrap();
+        drop(first);
+        let mut next = writer.session().unwrap();
+        next.begin().await.unwrap();
+        next.exec("INSERT INTO t VALUES (2)", []).unwrap();
+        next.commit().await.unwrap();
+        let rows: Vec<i64> = next.all("SELECT n FROM t", [], |r| r.col(0)).unwrap();
+        assert_eq!(rows, [2], "the dropped transaction was rolled back");
+        // A session that ended cleanly hands its connection on.
+        drop(next);
+        assert!(writer.idle.lock().unwrap().is_some());
     }
 }
