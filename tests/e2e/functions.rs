@@ -264,15 +264,7 @@ fb.afterCreate("loops", async (e, ctx) => { await ctx.admin.db.collection("loops
 "#;
 
 async fn writer_batches(s: &TestServer) -> u64 {
-    let text = s
-        .req(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metric(&text, "ferrobase_writer_batch_size_count")
+    metric(&s.metrics().await, "ferrobase_writer_batch_size_count")
 }
 
 /// The trigger pump reads every commit, but moves its stored cursor for changes no handler

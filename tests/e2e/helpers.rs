@@ -527,6 +527,17 @@ impl TestServer {
     }
 
     /// Asserts the server still answers `/health` (after a hostile request).
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.req(Method::GET, "/metrics")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn assert_healthy(&self) {
         let (status, _) = self.send(self.req(Method::GET, "/health")).await;
         assert_eq!(

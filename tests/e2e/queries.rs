@@ -464,21 +464,12 @@ async fn sqlite_reads_run_inline_and_long_scans_fall_back() {
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
-    let metrics = || async {
-        s.req(Method::GET, "/metrics")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
-    let before = metrics().await;
+    let before = s.metrics().await;
     let doc = s.create("big", json!({"_id": "one", "n": -1})).await;
     let (status, got) = s.svc_get("/v1/db/big/one").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(got, doc);
-    let after = metrics().await;
+    let after = s.metrics().await;
     assert!(
         metric(&after, "ferrobase_sqlite_inline_reads_total")
             > metric(&before, "ferrobase_sqlite_inline_reads_total"),
@@ -497,7 +488,7 @@ async fn sqlite_reads_run_inline_and_long_scans_fall_back() {
     assert_eq!(page["count"], 2000, "{page}");
     assert_eq!(page["items"][0]["n"], 9999);
     let fallbacks = metric(
-        &metrics().await,
+        &s.metrics().await,
         r#"ferrobase_sqlite_inline_fallbacks_total{reason="budget"}"#,
     );
     assert!(fallbacks >= 1, "no read ran past the budget");

@@ -65,14 +65,7 @@ async fn health_ready_metrics_and_request_ids(backend: Backend) {
 
     s.collection("c", json!({})).await;
     s.create("c", json!({})).await;
-    let metrics = s
-        .req(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     assert!(
         metrics.contains(r#"ferrobase_http_requests_total{method="POST",route="/v1/db/{collection}",status="201"} 1"#),
         "{metrics}"
