@@ -77,10 +77,14 @@ fn connect(path: &Path, synchronous: &str) -> rusqlite::Result<Connection> {
     )?;
     conn.busy_timeout(Duration::from_secs(5))?;
     // `journal_mode = WAL` is a property of the file, set when sqlx opened it; the rest
-    // are per connection and must match the pool's (see `SqliteBackend::open`).
+    // are per connection and match the pool's (see `SqliteBackend::open`), except the
+    // page cache: SQLite's default 2 MB. At the end of every transaction that grew the
+    // file SQLite scans the page cache's hash table, whose size follows `cache_size`; with
+    // the readers' 16 MB that scan was 9.5 % of the server's CPU on creates (2.9 % now).
+    // The writer touches few pages per batch; reads have their own connections.
     conn.execute_batch(&format!(
         "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = ON; \
-         PRAGMA temp_store = memory; PRAGMA cache_size = -16000;"
+         PRAGMA temp_store = memory; PRAGMA cache_size = -2000;"
     ))?;
     conn.set_prepared_statement_cache_capacity(512);
     Ok(conn)
