@@ -36,7 +36,8 @@ pub(crate) struct SqliteBackend {
     write: SqlitePool,
     /// The group-commit writer's connection (synchronous, see `tx.rs`).
     writer: std::sync::Arc<tx::WriterConn>,
-    /// Synchronous readers for the hot reads (none for an in-memory database).
+    /// Synchronous readers for the hot reads (none when `database.inline_reads` is off or
+    /// they could not be opened).
     inline: Option<inline::InlineReaders>,
 }
 
