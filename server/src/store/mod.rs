@@ -568,4 +568,70 @@ mod tests {
         assert_eq!(super::conflict_name("fb_docs_3_xab12cd"), "ab12cd");
         assert_eq!(super::conflict_name("fb_collections_name_key"), "name");
     }
+
+    fn sqlite_options(url: &str) -> super::Options {
+        super::Options {
+            database_url: Some(crate::util::secret::Secret::new(url)),
+            data_dir: std::env::temp_dir(),
+            max_connections: 2,
+            group_commit: true,
+            max_batch: 64,
+            sqlite_synchronous: "full".into(),
+            sqlite_inline_reads: true,
+            acquire_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+
+    /// The SQLite writer opens the database file a second time, which an in-memory
+    /// database cannot offer: refused with a clear message instead of writing elsewhere.
+    #[tokio::test]
+    async fn in_memory_sqlite_is_refused_and_a_file_url_works() {
+        let refused = super::Store::open(&sqlite_options("sqlite::memory:")).await;
+        assert!(
+            matches!(&refused, Err(super::Error::Other(m)) if m.contains("needs a database file")),
+            "{:?}",
+            refused.err()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("app.db").display());
+        let store = super::Store::open(&sqlite_options(&url)).await.unwrap();
+        let table = store
+            .write::<_, super::Error>(Box::new(|tx: &mut dyn super::Tx| {
+                Box::pin(async move { tx.create_collection("c", "{}", "t").await })
+            }))
+            .await
+            .unwrap();
+        let row = super::DocRow {
+            id: "a".into(),
+            owner: None,
+            created_at: "t".into(),
+            updated_at: "t".into(),
+            version: 1,
+            data: "{}".into(),
+        };
+        let stored = row.clone();
+        store
+            .write::<_, super::Error>(Box::new(move |tx: &mut dyn super::Tx| {
+                Box::pin(async move {
+                    let t = super::TableRef {
+                        id: table,
+                        has_unique: false,
+                    };
+                    let change = super::NewChange {
+                        collection: "c",
+                        doc_id: "a",
+                        op: "create",
+                        before: None,
+                        after: Some("{}"),
+                        actor: None,
+                        at: "t",
+                    };
+                    tx.insert_doc(t, &stored, &change).await
+                })
+            }))
+            .await
+            .unwrap();
+        assert_eq!(store.get_doc(table, "a").await.unwrap(), Some(row));
+        store.close().await;
+    }
 }
