@@ -2,6 +2,7 @@
 //! group-commit writer) and a pool of `query_only` reader connections.
 
 mod auth;
+mod checkpoint;
 mod dialect;
 mod functions;
 mod inline;
