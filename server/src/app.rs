@@ -122,6 +122,7 @@ impl App {
                 sweep_interval: config.storage.sweep_interval,
                 max_sign_ttl: config.storage.max_sign_ttl,
                 body_idle_timeout: config.storage.body_idle_timeout,
+                user_quota: config.storage.user_quota,
             },
         )
         .await

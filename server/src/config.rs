@@ -107,6 +107,8 @@ pub struct StorageConfig {
     /// An upload body that sends nothing for this long is abandoned (400).
     #[serde(deserialize_with = "duration")]
     pub body_idle_timeout: Duration,
+    /// Bytes each user may keep across all buckets (objects they own); none: unlimited.
+    pub user_quota: Option<u64>,
     /// Keep blobs in S3 instead of `dir`.
     pub s3: Option<S3Config>,
 }
@@ -147,6 +149,7 @@ impl Default for StorageConfig {
             sweep_interval: Duration::from_secs(600),
             max_sign_ttl: Duration::from_secs(7 * 24 * 3600),
             body_idle_timeout: Duration::from_secs(60),
+            user_quota: None,
             s3: None,
         }
     }
@@ -626,6 +629,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "storage.s3.presign_downloads",
     ),
     ("FERROBASE_S3_PREFIX", "storage.s3.prefix"),
+    ("FERROBASE_STORAGE_USER_QUOTA", "storage.user_quota"),
 ];
 
 fn kind_of(key: &str) -> Kind {
@@ -634,7 +638,7 @@ fn kind_of(key: &str) -> Kind {
         | "database.group_commit"
         | "storage.s3.path_style"
         | "storage.s3.presign_downloads" => Kind::Bool,
-        "database.max_connections" | "database.max_batch" => Kind::Int,
+        "database.max_connections" | "database.max_batch" | "storage.user_quota" => Kind::Int,
         _ => Kind::Text,
     }
 }

@@ -57,6 +57,7 @@ on_every_blob_store!(
     signed_urls_work_until_tampered_or_expired,
     interrupted_and_crashed_uploads_leave_nothing,
     large_upload_streams_in_constant_memory,
+    per_user_quota_holds_under_concurrent_uploads,
 );
 
 /// A server and, for S3, the S3 server behind it.
@@ -1136,4 +1137,146 @@ async fn s3_presigned_downloads_redirect() {
         .await
         .unwrap();
     assert_eq!(denied.status(), StatusCode::NOT_FOUND);
+}
+
+/// HOSTILE ST-06: with `storage.user_quota`, twenty concurrent uploads by one user that
+/// together exceed the quota store at most the quota; refusals are `413 quota_exceeded` and
+/// leave no bytes; other users and the service key are not held to it.
+async fn per_user_quota_holds_under_concurrent_uploads(backend: Backend, store: Blobs) {
+    const QUOTA: usize = 100_000;
+    const EACH: usize = 10_000;
+    let f = Fixture::start(
+        backend,
+        store,
+        &format!("[storage]\nuser_quota = {QUOTA}\n"),
+    )
+    .await;
+    let s = &f.s;
+    bucket(
+        s,
+        json!({"name": "q", "rules": {"read": "true", "write": "auth != null",
+            "delete": "auth != null && object.owner == auth.id"}}),
+    )
+    .await;
+    let alice = signup(s, "alice@example.com").await;
+    let bob = signup(s, "bob@example.com").await;
+    let as_user = |session: &Value, method: Method, path: &str| {
+        s.req(method, path).header("authorization", bearer(session))
+    };
+
+    // Twenty at once, 200 000 bytes against a 100 000 byte quota; half of them chunked (no
+    // Content-Length, so only the stream limit and the commit can refuse them).
+    let uploads = (0..20).map(|i| {
+        let path = format!("/v1/storage/q/alice/{i}");
+        let request = as_user(&alice, Method::PUT, &path);
+        let request = if i % 2 == 0 {
+            request.body(vec![b'a'; EACH])
+        } else {
+            let chunks = (0..2).map(|_| Ok::<_, std::io::Error>(vec![b'a'; EACH / 2]));
+            request.body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                chunks,
+            )))
+        };
+        s.send(request)
+    });
+    let results = futures_util::future::join_all(uploads).await;
+    let mut stored = 0;
+    for (status, body) in &results {
+        match *status {
+            StatusCode::CREATED => stored += 1,
+            _ => assert_error(&(*status, body.clone()), 413, "quota_exceeded"),
+        }
+    }
+    assert!(stored >= 1, "some uploads fit: {results:?}");
+    let (_, listed) = s.svc_get("/v1/storage/q?prefix=alice/&limit=100").await;
+    let items = listed["items"].as_array().unwrap();
+    let total: u64 = items.iter().map(|o| o["size"].as_u64().unwrap()).sum();
+    assert_eq!(items.len(), stored, "{listed}");
+    assert!(
+        total <= QUOTA as u64,
+        "{total} bytes stored over a {QUOTA} byte quota"
+    );
+    // Refused uploads left no bytes behind.
+    eventually(Duration::from_secs(5), || async {
+        (f.blob_count() == stored).then_some(())
+    })
+    .await;
+
+    // Filled to the brim, then: a declared size is refused before the body, with the numbers.
+    let fill = QUOTA - total as usize;
+    if fill > 0 {
+        let (status, body) = s
+            .send(as_user(&alice, Method::PUT, "/v1/storage/q/alice/fill").body(vec![b'f'; fill]))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let refused = s
+        .send(as_user(&alice, Method::PUT, "/v1/storage/q/alice/more").body("x"))
+        .await;
+    assert_error(&refused, 413, "quota_exceeded");
+    assert_eq!(refused.1["error"]["details"]["quota"], QUOTA);
+    assert_eq!(refused.1["error"]["details"]["used"], QUOTA);
+    // A chunked one as soon as its bytes pass the room left.
+    let chunks = (0..4).map(|_| Ok::<_, std::io::Error>(vec![b'c'; 4096]));
+    let refused = s
+        .send(
+            as_user(&alice, Method::PUT, "/v1/storage/q/alice/chunked").body(
+                reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)),
+            ),
+        )
+        .await;
+    assert_error(&refused, 413, "quota_exceeded");
+    // Replacing an object counts its new size, not both.
+    let first = &items[0];
+    let (status, body) = s
+        .send(
+            as_user(
+                &alice,
+                Method::PUT,
+                &format!("/v1/storage/q/{}", first["key"].as_str().unwrap()),
+            )
+            .body(vec![b'r'; first["size"].as_u64().unwrap() as usize]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // A delete frees room.
+    let (_, listed) = s.svc_get("/v1/storage/q?prefix=alice/&limit=100").await;
+    let victim = listed["items"][0].clone();
+    let response = as_user(
+        &alice,
+        Method::DELETE,
+        &format!("/v1/storage/q/{}", victim["key"].as_str().unwrap()),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let room = victim["size"].as_u64().unwrap() as usize;
+    let (status, body) = s
+        .send(as_user(&alice, Method::PUT, "/v1/storage/q/alice/again").body(vec![b'g'; room]))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_error(
+        &s.send(as_user(&alice, Method::PUT, "/v1/storage/q/alice/over").body("y"))
+            .await,
+        413,
+        "quota_exceeded",
+    );
+
+    // Another user has a quota of their own; the service key has none.
+    let (status, body) = s
+        .send(as_user(&bob, Method::PUT, "/v1/storage/q/bob/big").body(vec![b'b'; QUOTA]))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = put(s, "/v1/storage/q/service/huge", vec![b's'; 3 * QUOTA], &[]).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, listed) = s.svc_get("/v1/storage/q?prefix=alice/&limit=100").await;
+    let total: u64 = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["size"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, QUOTA as u64, "{listed}");
+    s.assert_healthy().await;
 }

@@ -96,6 +96,7 @@ pub fn from_storage(e: storage::Error) -> HostError {
         E::Validation { message, .. } => host_error(400, "validation_failed", message),
         E::Conflict(m) => host_error(409, "conflict", m),
         E::TooLarge(m) => host_error(413, "payload_too_large", m),
+        E::QuotaExceeded { .. } => host_error(413, "quota_exceeded", message),
         E::UnsupportedType(m) => host_error(415, "unsupported_media_type", m),
         E::BadSignature => host_error(403, "invalid_signature", message),
         E::Unavailable(cause) => {

@@ -248,6 +248,10 @@ impl From<crate::storage::Error> for ApiError {
             },
             E::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
             E::TooLarge(m) => Self::payload_too_large(m),
+            E::QuotaExceeded { quota, used } => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "quota_exceeded", message)
+                    .with_details(json!({ "quota": quota, "used": used }))
+            }
             E::UnsupportedType(m) => Self::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",

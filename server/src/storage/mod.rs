@@ -52,6 +52,9 @@ pub enum Error {
     Conflict(String),
     #[error("{0}")]
     TooLarge(String),
+    /// The upload would take its owner past `storage.user_quota`.
+    #[error("this upload would exceed your storage quota of {quota} bytes ({used} in use)")]
+    QuotaExceeded { quota: u64, used: u64 },
     #[error("{0}")]
     UnsupportedType(String),
     #[error("the signature is invalid or expired")]
@@ -116,6 +119,8 @@ pub struct Settings {
     pub max_sign_ttl: Duration,
     /// An upload whose body sends nothing for this long is abandoned.
     pub body_idle_timeout: Duration,
+    /// Bytes each user may keep (objects they own, all buckets); `None`: no limit.
+    pub user_quota: Option<u64>,
 }
 
 pub struct Storage {
@@ -375,9 +380,29 @@ impl Storage {
                 )));
             }
         }
+        // The owner's quota, before the bytes: room left now (the commit checks again).
+        let quota = match (&owner, self.settings.user_quota) {
+            (Some(user), Some(quota)) => {
+                let used = self.store.storage().usage(user, &bucket.name, &key).await?;
+                let used = u64::try_from(used).unwrap_or(0);
+                let room = quota.saturating_sub(used);
+                if upload.declared_size.is_some_and(|n| n > room) {
+                    return Err(Error::QuotaExceeded { quota, used });
+                }
+                Some((quota, used, room))
+            }
+            _ => None,
+        };
+        let stream_limit = quota.map_or(limit, |(_, _, room)| room.min(limit));
         let blob = crate::util::id::new_id();
         let body = idle_limited(upload.body, self.settings.body_idle_timeout);
-        let stored = self.blobs.put(&blob, body, limit).await?;
+        let stored = match self.blobs.put(&blob, body, stream_limit).await {
+            Err(blobs::Error::TooLarge { .. }) if stream_limit < limit => {
+                let (quota, used, _) = quota.unwrap_or_default();
+                return Err(Error::QuotaExceeded { quota, used });
+            }
+            stored => stored?,
+        };
         let outcome = self
             .commit_upload(
                 &actor,
@@ -443,6 +468,7 @@ impl Storage {
                 )));
             }
         }
+        let stored_size = stored.size;
         let now = crate::util::time::now();
         let row = ObjectRow {
             bucket: bucket.name.clone(),
@@ -458,10 +484,23 @@ impl Storage {
         };
         let actor_id = actor_id(actor);
         let written = row.clone();
+        let quota = self.settings.user_quota;
         let replaced = self
             .store
             .write::<_, Error>(Box::new(move |tx: &mut dyn Tx| {
                 async move {
+                    if let (Some(quota), Some(owner)) = (quota, &written.owner) {
+                        // The authoritative check: writes are serialised, so concurrent
+                        // uploads by one user cannot together pass the quota.
+                        let used = tx
+                            .storage()
+                            .usage(owner, &written.bucket, &written.key)
+                            .await?;
+                        let used = u64::try_from(used).unwrap_or(0);
+                        if used.saturating_add(stored_size) > quota {
+                            return Err(Error::QuotaExceeded { quota, used });
+                        }
+                    }
                     let replaced = tx.storage().put_object(&written).await?;
                     let mut shown = written.clone();
                     if let Some(old) = &replaced {

@@ -44,6 +44,8 @@ pub trait StorageRead: Send + Sync {
     ) -> Result<Vec<ObjectRow>>;
     /// Whether any object row names this blob.
     async fn blob_in_use(&self, blob: &str) -> Result<bool>;
+    /// Bytes the objects `owner` owns take, leaving out the object at `bucket`/`key`.
+    async fn usage(&self, owner: &str, bucket: &str, key: &str) -> Result<i64>;
 }
 
 #[async_trait]
@@ -58,7 +60,14 @@ pub trait StorageTx: Send {
     async fn put_object(&mut self, row: &ObjectRow) -> Result<Option<ObjectRow>>;
     /// Deletes the object row; returns it.
     async fn delete_object(&mut self, bucket: &str, key: &str) -> Result<Option<ObjectRow>>;
+    /// As [`StorageRead::usage`], inside the transaction.
+    async fn usage(&mut self, owner: &str, bucket: &str, key: &str) -> Result<i64>;
 }
+
+/// A user's stored bytes but one object's (`owner`, `bucket`, `key` as `?1`, `?2`, `?3`;
+/// both dialects take numbered parameters).
+pub(crate) const USAGE_SQL: &str = "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM fb_objects \
+     WHERE owner = $1 AND NOT (bucket = $2 AND key = $3)";
 
 /// The columns of `fb_objects`, in [`ObjectRow`] order.
 pub(crate) const OBJECT_COLUMNS: &str =

@@ -7,7 +7,9 @@ use sqlx::{AssertSqlSafe, Executor, Postgres, Row};
 use super::PgBackend;
 use super::tx::PgSession;
 use crate::store::Result;
-use crate::store::storage::{BucketRow, OBJECT_COLUMNS, ObjectRow, StorageRead, StorageTx};
+use crate::store::storage::{
+    BucketRow, OBJECT_COLUMNS, ObjectRow, StorageRead, StorageTx, USAGE_SQL,
+};
 
 fn object_row(r: &PgRow) -> Result<ObjectRow> {
     Ok(ObjectRow {
@@ -93,6 +95,15 @@ impl StorageRead for PgBackend {
             .await?;
         Ok(n > 0)
     }
+
+    async fn usage(&self, owner: &str, bucket: &str, key: &str) -> Result<i64> {
+        Ok(sqlx::query_scalar(USAGE_SQL)
+            .bind(owner)
+            .bind(bucket)
+            .bind(key)
+            .fetch_one(&self.read)
+            .await?)
+    }
 }
 
 #[async_trait]
@@ -169,5 +180,14 @@ impl StorageTx for PgSession {
                 .await?;
         }
         Ok(old)
+    }
+
+    async fn usage(&mut self, owner: &str, bucket: &str, key: &str) -> Result<i64> {
+        Ok(sqlx::query_scalar(USAGE_SQL)
+            .bind(owner)
+            .bind(bucket)
+            .bind(key)
+            .fetch_one(self.conn())
+            .await?)
     }
 }

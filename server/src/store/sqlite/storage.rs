@@ -8,7 +8,9 @@ use super::SqliteBackend;
 use super::rows::Cols;
 use super::tx::SqliteSession;
 use crate::store::Result;
-use crate::store::storage::{BucketRow, OBJECT_COLUMNS, ObjectRow, StorageRead, StorageTx};
+use crate::store::storage::{
+    BucketRow, OBJECT_COLUMNS, ObjectRow, StorageRead, StorageTx, USAGE_SQL,
+};
 
 fn object_row(r: &impl Cols) -> Result<ObjectRow> {
     Ok(ObjectRow {
@@ -89,6 +91,15 @@ impl StorageRead for SqliteBackend {
             .await?;
         Ok(n > 0)
     }
+
+    async fn usage(&self, owner: &str, bucket: &str, key: &str) -> Result<i64> {
+        Ok(sqlx::query_scalar(USAGE_SQL)
+            .bind(owner)
+            .bind(bucket)
+            .bind(key)
+            .fetch_one(&self.read)
+            .await?)
+    }
 }
 
 #[async_trait]
@@ -153,5 +164,11 @@ impl StorageTx for SqliteSession {
             )?;
         }
         Ok(old)
+    }
+
+    async fn usage(&mut self, owner: &str, bucket: &str, key: &str) -> Result<i64> {
+        Ok(self
+            .one(USAGE_SQL, [owner, bucket, key], |r| r.col(0))?
+            .unwrap_or(0))
     }
 }
