@@ -9,13 +9,14 @@ use ed25519_dalek::pkcs8::EncodePrivateKey;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, Options, TestServer, assert_error, bearer, signup};
+use crate::helpers::{Backend, Options, TestServer, assert_error, bearer, metric, signup};
 use crate::on_both_backends;
 
 on_both_backends!(
     forged_and_malformed_tokens_are_refused,
     claims_are_checked_even_with_a_valid_signature,
     brute_force_is_rate_limited_per_account_and_address,
+    concurrent_guesses_cannot_pass_the_account_limit,
 );
 
 fn b64(v: &Value) -> String {
@@ -439,4 +440,132 @@ async fn expired_access_tokens_say_so_and_refresh_fixes_it() {
             .0,
         StatusCode::OK
     );
+}
+
+/// AUTH-03, the Parse Server race: with the per-account limit at 5, fifty *concurrent* wrong
+/// passwords get exactly five verifications (401) and 45 refusals (429) — an attempt is
+/// counted before its slow hash check, not after. The same limit guards the current
+/// password a signed-in user must give to change their password or email, and admin logins.
+/// And a login flood stays within a memory bound.
+async fn concurrent_guesses_cannot_pass_the_account_limit(backend: Backend) {
+    let config = r#"
+        [auth.rate_limits.login]
+        per_ip = 10000
+        per_account = 5
+        window = "1h"
+    "#;
+    let s = Options::new(backend)
+        .config(config)
+        .strict_limits()
+        .start()
+        .await;
+    signup(&s, "target@example.com").await;
+
+    // A flood of 200 parallel logins (distinct unknown accounts, each a dummy hash check)
+    // queues for the hashing threads instead of holding 200 argon2 work areas (19 MiB each).
+    let before = s.rss_kib();
+    let flooding = std::sync::atomic::AtomicBool::new(true);
+    let flood = async {
+        let logins = (0..200).map(|i| {
+            s.send(s.req(Method::POST, "/v1/auth/login").json(
+                &json!({"email": format!("nobody{i}@example.com"), "password": "some password"}),
+            ))
+        });
+        let results = futures_util::future::join_all(logins).await;
+        flooding.store(false, std::sync::atomic::Ordering::SeqCst);
+        results
+    };
+    let watch = async {
+        let mut peak = 0;
+        while flooding.load(std::sync::atomic::Ordering::SeqCst) {
+            peak = peak.max(s.rss_kib());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        peak
+    };
+    let (results, peak) = tokio::join!(flood, watch);
+    for r in &results {
+        assert_error(r, 401, "invalid_credentials");
+    }
+    let grew_mib = peak.saturating_sub(before) / 1024;
+    assert!(
+        grew_mib < 100,
+        "RSS grew by {grew_mib} MiB during a login flood"
+    );
+
+    let tally = |results: Vec<(StatusCode, Value)>| {
+        let (mut denied, mut limited) = (0, 0);
+        for r in &results {
+            match r.0 {
+                StatusCode::UNAUTHORIZED => {
+                    assert_error(r, 401, "invalid_credentials");
+                    denied += 1;
+                }
+                _ => {
+                    assert_error(r, 429, "rate_limited");
+                    limited += 1;
+                }
+            }
+        }
+        (denied, limited)
+    };
+
+    let guesses =
+        (0..50).map(|i| {
+            s.send(s.req(Method::POST, "/v1/auth/login").json(
+                &json!({"email": "target@example.com", "password": format!("guess number {i}")}),
+            ))
+        });
+    let results = futures_util::future::join_all(guesses).await;
+    assert_eq!(tally(results), (5, 45));
+    assert_eq!(
+        metric(&s.metrics().await, "ferrobase_auth_login_failures_total"),
+        200 + 5
+    );
+    // Locked: even the right password waits for the window.
+    assert_error(
+        &s.send(
+            s.req(Method::POST, "/v1/auth/login")
+                .json(&json!({"email": "target@example.com", "password": "correct horse battery"})),
+        )
+        .await,
+        429,
+        "rate_limited",
+    );
+
+    // A stolen access token is no way around it: the current password is counted alike.
+    let other = signup(&s, "other@example.com").await;
+    let changes = (0..20).map(|i| {
+        s.send(
+            s.req(Method::PATCH, "/v1/auth/user")
+                .header("authorization", bearer(&other))
+                .json(&json!({"password": "a brand new password",
+                    "current_password": format!("guess number {i}")})),
+        )
+    });
+    let results = futures_util::future::join_all(changes).await;
+    assert_eq!(tally(results), (5, 15));
+
+    // And admin logins.
+    let created = s
+        .command(&[
+            "admin",
+            "create",
+            "root@example.com",
+            "--password",
+            "admin password here",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(created.status.success());
+    let guesses =
+        (0..20).map(|i| {
+            s.send(s.req(Method::POST, "/v1/admin/login").json(
+                &json!({"email": "root@example.com", "password": format!("guess number {i}")}),
+            ))
+        });
+    let results = futures_util::future::join_all(guesses).await;
+    assert_eq!(tally(results), (5, 15));
+    s.assert_healthy().await;
 }

@@ -56,24 +56,17 @@ impl Auth {
         let limits = &self.config.rate_limits.login;
         self.rate("login", limits, ctx.ip)?;
         let email = normalize_email(email).map_err(|_| Error::InvalidCredentials)?;
-        let account_limit = super::ratelimit::Limit {
-            max: limits.per_account,
-            window: limits.window,
-        };
-        let key = format!("admin:{email}");
-        self.limiter
-            .check("login_failures", &key, account_limit)
-            .map_err(|retry_after| Error::RateLimited { retry_after })?;
         let admin = self.store.auth().admin_by_email(&email).await?;
         let verified = self
-            .passwords
-            .verify(password, admin.as_ref().map(|a| a.password_hash.as_str()))
+            .verify_counted(
+                &format!("admin:{email}"),
+                password,
+                admin.as_ref().map(|a| a.password_hash.as_str()),
+            )
             .await?;
         let Some(admin) = admin.filter(|_| verified != super::password::Verified::No) else {
-            self.limiter.record("login_failures", &key, account_limit);
             return Err(Error::InvalidCredentials);
         };
-        self.limiter.reset("login_failures", &key);
         let rehash = if verified == super::password::Verified::YesRehash {
             Some(self.passwords.hash(password).await?)
         } else {

@@ -160,6 +160,33 @@ impl Auth {
 
     // ---- rate limits ----
 
+    /// Checks a password against an account's failure limit (`rate_limits.login.per_account`,
+    /// `key` naming the account). The attempt is counted *before* the slow verification, so
+    /// concurrent guesses cannot all pass the limit while none has been counted yet (the
+    /// Parse Server race); a right password clears the count.
+    pub(super) async fn verify_counted(
+        &self,
+        key: &str,
+        password: &str,
+        stored: Option<&str>,
+    ) -> Result<Verified, Error> {
+        let limit = limit(&self.config.rate_limits.login, true);
+        self.limiter
+            .hit("login_failures", key, limit)
+            .map_err(|retry_after| Error::RateLimited { retry_after })?;
+        let verified = if password.len() > super::password::MAX_LEN {
+            Verified::No
+        } else {
+            self.passwords.verify(password, stored).await?
+        };
+        if verified == Verified::No || stored.is_none() {
+            metrics::counter!("ferrobase_auth_login_failures_total").increment(1);
+        } else {
+            self.limiter.reset("login_failures", key);
+        }
+        Ok(verified)
+    }
+
     pub(super) fn rate(
         &self,
         action: &'static str,
@@ -668,25 +695,15 @@ impl Auth {
         self.rate("login", limits, ctx.ip)?;
         let email = normalize_email(email).map_err(|_| Error::InvalidCredentials)?;
         // Failures are counted per account, whether or not the account exists.
-        self.limiter
-            .check("login_failures", &email, limit(limits, true))
-            .map_err(|retry_after| Error::RateLimited { retry_after })?;
-        if password.len() > super::password::MAX_LEN {
-            return Err(Error::InvalidCredentials);
-        }
         let user = self.store.auth().user_by_email(&email).await?;
         let stored = user.as_ref().and_then(|u| u.password_hash.as_deref());
-        let verified = self.passwords.verify(password, stored).await?;
+        let verified = self.verify_counted(&email, password, stored).await?;
         let (Some(user), Verified::Yes | Verified::YesRehash) = (user, verified) else {
-            self.limiter
-                .record("login_failures", &email, limit(limits, true));
-            metrics::counter!("ferrobase_auth_login_failures_total").increment(1);
             return Err(Error::InvalidCredentials);
         };
         if user.disabled {
             return Err(Error::Disabled);
         }
-        self.limiter.reset("login_failures", &email);
         let rehash = if verified == Verified::YesRehash {
             Some(self.passwords.hash(password).await?)
         } else {
@@ -739,9 +756,11 @@ impl Auth {
             let current = current_password.ok_or_else(|| {
                 Error::validation("current_password", "`current_password` is required")
             })?;
+            // The same failure limit as logins: a stolen access token must not become a
+            // way to guess the password without one.
+            let key = row.email.clone().unwrap_or_else(|| row.id.clone());
             if self
-                .passwords
-                .verify(current, row.password_hash.as_deref())
+                .verify_counted(&key, current, row.password_hash.as_deref())
                 .await?
                 == Verified::No
             {
