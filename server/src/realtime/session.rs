@@ -410,10 +410,21 @@ impl Session {
             .precheck(&caller, &coll, Operation::Get)?;
         // Watching a whole collection is a live list: it needs a `list` rule too.
         if snapshot || spec.doc_id.is_none() {
-            self.rt
-                .hub
-                .access()
-                .precheck(&caller, &coll, Operation::List)?;
+            let access = self.rt.hub.access();
+            access.precheck(&caller, &coll, Operation::List)?;
+            // A list rule that can match nothing for this caller (`auth != null && …` for
+            // an anonymous connection, `auth.id == '…'` for someone else) refuses the
+            // subscription outright, as Firestore refuses a listener its rules rule out;
+            // a REST list answers the same caller with an empty page.
+            if spec.doc_id.is_none() && access.list_filter(&caller, &coll)? == Filter::False {
+                return Err(Fail(
+                    "forbidden",
+                    format!(
+                        "the `list` rule of `{}` allows you no document",
+                        spec.collection
+                    ),
+                ));
+            }
         }
         let sub = Arc::new(Sub::new(
             self.conn.clone(),
