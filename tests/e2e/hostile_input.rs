@@ -375,3 +375,41 @@ async fn in_02_slow_and_idle_connections_are_bounded() {
     drop(idle);
     s.assert_healthy().await;
 }
+
+/// RT-05 (and every HTTP route): a 1 MB request header, or 10 000 headers, on a plain
+/// request and on a WebSocket upgrade, is refused within a second with `431`, and the
+/// server carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_bombs_are_refused_quickly() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let addr = s.url.trim_start_matches("http://").to_owned();
+    let upgrade = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let big = format!("X-Big: {}\r\n", "a".repeat(1 << 20));
+    let many: String = (0..10_000).map(|i| format!("X-H{i}: v\r\n")).collect();
+    for (path, extra) in [("/health", ""), ("/v1/realtime", upgrade)] {
+        for bomb in [&big, &many] {
+            let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let started = Instant::now();
+            let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{extra}{bomb}\r\n");
+            // The server may answer and close before it has read everything.
+            let _ = stream.write_all(request.as_bytes()).await;
+            let mut answer = Vec::new();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+            let text = String::from_utf8_lossy(&answer);
+            assert!(
+                text.starts_with("HTTP/1.1 431"),
+                "{path} with {} header bytes: {}",
+                bomb.len(),
+                text.lines().next().unwrap_or("(nothing)")
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "refused after {:?}",
+                started.elapsed()
+            );
+            s.assert_healthy().await;
+        }
+    }
+}
