@@ -146,6 +146,25 @@ impl ActorOwned {
     }
 }
 
+/// Reads and drops what is left of a refused upload's body (at most 1 MiB, for at most a
+/// second) before the error is sent. Closing a connection with unread bytes makes the kernel
+/// reset it, and a client still sending would often lose the answer (a refusal from the
+/// declared size, the quota or a rule, sent before the body was read). A larger rest is
+/// left unread: the connection closes and that client may see a reset instead of the 4xx.
+async fn drain(body: &mut axum::body::BodyDataStream) {
+    const MAX: usize = 1 << 20;
+    let mut read = 0;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        while read < MAX {
+            match body.next().await {
+                Some(Ok(chunk)) => read += chunk.len(),
+                _ => break,
+            }
+        }
+    })
+    .await;
+}
+
 async fn put_object(
     State(app): State<AppState>,
     PathParams((bucket, key)): PathParams<(String, String)>,
@@ -159,14 +178,22 @@ async fn put_object(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let mut body = body.into_data_stream();
     let upload = Upload {
         key,
         content_type: content_type(headers)?,
         metadata: metadata(headers)?,
         declared_size,
-        body: Box::pin(body.into_data_stream().map_err(std::io::Error::other)),
+        body: Box::pin((&mut body).map_err(std::io::Error::other)),
     };
-    let (row, created) = app.storage.put(actor.actor(), &bucket, upload).await?;
+    let stored = app.storage.put(actor.actor(), &bucket, upload).await;
+    let (row, created) = match stored {
+        Ok(stored) => stored,
+        Err(e) => {
+            drain(&mut body).await;
+            return Err(e.into());
+        }
+    };
     let status = if created {
         StatusCode::CREATED
     } else {
