@@ -528,13 +528,22 @@ async fn password_reset_answers_alike_and_revokes_sessions(backend: Backend) {
         )
         .await;
     assert_error(&weak, 400, "validation_failed");
-    let r = s
-        .send(
+    // AUTH-08: twenty redemptions at once; exactly one resets.
+    let redemptions = (0..20).map(|_| {
+        s.send(
             s.req(Method::POST, "/v1/auth/reset")
                 .json(&json!({"token": token, "password": "brand new secret words"})),
         )
-        .await;
-    assert_eq!(r.0, StatusCode::NO_CONTENT, "{}", r.1);
+    });
+    let results = futures_util::future::join_all(redemptions).await;
+    let done = results
+        .iter()
+        .filter(|r| r.0 == StatusCode::NO_CONTENT)
+        .count();
+    assert_eq!(done, 1, "{results:?}");
+    for r in results.iter().filter(|r| r.0 != StatusCode::NO_CONTENT) {
+        assert_error(r, 400, "invalid_token");
+    }
     assert_error(&me(&s, &session).await, 401, "unauthenticated");
     assert_error(
         &refresh(&s, session["refresh_token"].as_str().unwrap()).await,

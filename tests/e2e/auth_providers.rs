@@ -481,20 +481,27 @@ async fn oidc_sign_in_links_only_by_verified_email(backend: Backend) {
         .to_owned();
     let back = client.get(&authorize).send().await.unwrap();
     let callback = back.headers()["location"].to_str().unwrap().to_owned();
-    let first = client.get(&callback).send().await.unwrap();
-    assert_eq!(
-        first.status(),
-        StatusCode::OK,
+    // AUTH-08: twenty redemptions of one state at once; exactly one signs in.
+    let redemptions = (0..20).map(|_| async {
+        let r = client.get(&callback).send().await.unwrap();
+        (r.status(), r.json::<Value>().await.unwrap_or(Value::Null))
+    });
+    let results = futures_util::future::join_all(redemptions).await;
+    let signed_in: Vec<&Value> = results
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::OK)
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(signed_in.len(), 1, "a state works once: {results:?}");
+    assert!(
+        signed_in[0]["access_token"].is_string(),
         "no redirect_to: the session comes as JSON"
     );
-    let body: Value = first.json().await.unwrap();
-    assert!(body["access_token"].is_string());
+    for (status, body) in results.iter().filter(|(s, _)| *s != StatusCode::OK) {
+        assert_error(&(*status, body.clone()), 400, "oauth_failed");
+    }
     let replay = client.get(&callback).send().await.unwrap();
-    assert_eq!(
-        replay.status(),
-        StatusCode::BAD_REQUEST,
-        "a state works once"
-    );
+    assert_eq!(replay.status(), StatusCode::BAD_REQUEST);
     assert_error(
         &s.send(s.req(Method::GET, "/v1/auth/oauth/nope")).await,
         404,
