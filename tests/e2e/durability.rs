@@ -441,3 +441,82 @@ async fn sqlite_integrity(s: &TestServer) -> String {
         .await
         .unwrap()
 }
+
+/// Text without ANSI colour sequences.
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// HOSTILE DUR-02: the settings the durability promises rest on are logged at start and
+/// are what they should be (WAL, `synchronous` FULL, foreign keys, a busy timeout, SQLite
+/// ≥ 3.51.3); a damaged database file is refused — the server exits non-zero with a plain
+/// message and leaves the file exactly as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dur_02_settings_are_logged_and_a_damaged_database_is_refused() {
+    let mut s = crate::helpers::Options::new(Backend::Sqlite)
+        .env("FERROBASE_LOG", "info")
+        .start()
+        .await;
+    s.collection("c", json!({})).await;
+    s.create("c", json!({"kept": true})).await;
+    let log = plain(&std::fs::read_to_string(s.log_path()).unwrap());
+    let line = log
+        .lines()
+        .find(|l| l.contains("sqlite opened"))
+        .unwrap_or_else(|| panic!("no settings line in the log:\n{log}"));
+    for want in [
+        "journal_mode=wal",
+        "synchronous=\"full\"",
+        "foreign_keys=true",
+        "busy_timeout_ms=5000",
+    ] {
+        assert!(line.contains(want), "{want} missing: {line}");
+    }
+    let version: Vec<u32> = line
+        .split("sqlite.version=")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap()
+        .split('.')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert!(version >= vec![3, 51, 3], "SQLite {version:?}: {line}");
+    assert!(s.terminate().await, "a clean stop");
+
+    let db = s.data_dir().join("data.db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    bytes[..16].copy_from_slice(b"not a database!!");
+    std::fs::write(&db, &bytes).unwrap();
+    let run = s
+        .command(&["serve", "--http", "127.0.0.1:0"])
+        .env("FERROBASE_SERVICE_KEY", crate::helpers::SERVICE_KEY)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("the server exits on a damaged database")
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = plain(&String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stderr.contains("is damaged or not a SQLite database"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        bytes,
+        "the damaged file is left as it was"
+    );
+}

@@ -44,6 +44,26 @@ pub(crate) struct SqliteBackend {
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
+/// An error opening the database file, said plainly when SQLite finds the file damaged
+/// (`SQLITE_CORRUPT`, 11) or not a database at all (`SQLITE_NOTADB`, 26). The server then
+/// refuses to start; it never recreates or truncates the file.
+fn damaged(path: &Path, e: sqlx::Error) -> Error {
+    let code = match &e {
+        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    };
+    match code.as_deref() {
+        Some("11" | "26") => Error::Other(format!(
+            "the database file {} is damaged or not a SQLite database ({e}); \
+             not starting on it: restore it from a backup, or check it with `sqlite3 {} \
+             'PRAGMA integrity_check'`",
+            path.display(),
+            path.display()
+        )),
+        _ => e.into(),
+    }
+}
+
 impl SqliteBackend {
     /// Runs retention `DELETE`s (each binding `?1` to `cutoff`) on the writer connection;
     /// the rows they removed.
@@ -98,8 +118,12 @@ impl SqliteBackend {
             .min_connections(1)
             .acquire_timeout(opts.acquire_timeout)
             .connect_with(connect.clone())
-            .await?;
-        MIGRATOR.run(&write).await?;
+            .await
+            .map_err(|e| damaged(&path, e))?;
+        MIGRATOR.run(&write).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(e) => damaged(&path, e),
+            other => other.into(),
+        })?;
         if !path.is_file() {
             return Err(Error::Other(format!(
                 "SQLite needs a database file, not {}",
