@@ -64,8 +64,8 @@ pub trait StorageTx: Send {
     async fn usage(&mut self, owner: &str, bucket: &str, key: &str) -> Result<i64>;
 }
 
-/// A user's stored bytes but one object's (`owner`, `bucket`, `key` as `?1`, `?2`, `?3`;
-/// both dialects take numbered parameters).
+/// A user's stored bytes but one object's (`owner`, `bucket`, `key` as `$1`, `$2`, `$3`,
+/// which SQLite takes as named parameters bound in order of appearance).
 pub(crate) const USAGE_SQL: &str = "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM fb_objects \
      WHERE owner = $1 AND NOT (bucket = $2 AND key = $3)";
 

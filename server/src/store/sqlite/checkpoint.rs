@@ -3,12 +3,12 @@
 //! By default SQLite checkpoints inside the `COMMIT` that takes the WAL past 1 000 pages:
 //! that commit copies the WAL into the database file and fsyncs it, and every write queued
 //! behind it waits (tens of milliseconds on a slow disk, several times a second under
-//! load; it was the realtime benchmark's worst event). Here the writer connection has
-//! automatic checkpoints off, and a thread of its own runs `PRAGMA wal_checkpoint(PASSIVE)`
-//! on its own connection soon after commits happen. A passive checkpoint never blocks the
-//! writer or readers; what it cannot copy yet (a reader still needs an old page) it copies
-//! next time. The writer keeps a far higher automatic threshold as a backstop, should this
-//! thread fall behind or stop.
+//! load; the likely cause of the realtime benchmark's >100 ms outliers, see BENCHMARKS.md).
+//! Here a thread of its own runs `PRAGMA wal_checkpoint(PASSIVE)` on its own connection
+//! soon after commits happen, and the writer checkpoints by itself only past a far higher
+//! threshold, as a backstop should this thread fall behind or stop. A passive checkpoint
+//! never blocks the writer or readers; what it cannot copy yet (a reader still needs an
+//! old page) it copies next time.
 
 use std::path::Path;
 use std::sync::Arc;
