@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::Connection;
 
 use crate::store::{Error, Result};
 
@@ -39,15 +39,9 @@ impl Checkpointer {
         synchronous: &str,
         commits: Arc<AtomicU64>,
     ) -> Result<Checkpointer> {
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        // The checkpoint fsyncs the database file unless synchronous is OFF.
-        conn.execute_batch(&format!(
-            "PRAGMA synchronous = {synchronous}; PRAGMA wal_autocheckpoint = 0;"
-        ))?;
+        // Set up like the writer's connection: the checkpoint fsyncs the database file as
+        // `synchronous` says. (It never commits, so its own autocheckpoint never fires.)
+        let conn = super::tx::connect(path, synchronous)?;
         let (stop, stopped) = mpsc::channel();
         std::thread::Builder::new()
             .name("fb-checkpoint".into())

@@ -92,7 +92,7 @@ impl WriterConn {
     }
 }
 
-fn connect(path: &Path, synchronous: &str) -> rusqlite::Result<Connection> {
+pub(super) fn connect(path: &Path, synchronous: &str) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
