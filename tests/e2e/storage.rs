@@ -1226,6 +1226,27 @@ async fn per_user_quota_holds_under_concurrent_uploads(backend: Backend, store: 
         )
         .await;
     assert_error(&refused, 413, "quota_exceeded");
+    // And a browser form upload (no size known before the bytes), answered, not reset.
+    let boundary = "----quota-boundary";
+    let mut form = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"key\"\r\n\r\nalice/form\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f.bin\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    form.extend(vec![b'm'; 200_000]);
+    form.extend(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let refused = s
+        .send(
+            as_user(&alice, Method::POST, "/v1/storage/q")
+                .header(
+                    "content-type",
+                    format!("multipart/form-data; boundary={boundary}"),
+                )
+                .body(form),
+        )
+        .await;
+    assert_error(&refused, 413, "quota_exceeded");
     // Replacing an object counts its new size, not both.
     let first = &items[0];
     let (status, body) = s

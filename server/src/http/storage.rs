@@ -146,19 +146,40 @@ impl ActorOwned {
     }
 }
 
+/// The most of a refused upload's body read before answering.
+const DRAIN_MAX: usize = 1 << 20;
+
 /// Reads and drops what is left of a refused upload's body (at most 1 MiB, for at most a
 /// second) before the error is sent. Closing a connection with unread bytes makes the kernel
 /// reset it, and a client still sending would often lose the answer (a refusal from the
 /// declared size, the quota or a rule, sent before the body was read). A larger rest is
 /// left unread: the connection closes and that client may see a reset instead of the 4xx.
 async fn drain(body: &mut axum::body::BodyDataStream) {
-    const MAX: usize = 1 << 20;
     let mut read = 0;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
-        while read < MAX {
+        while read < DRAIN_MAX {
             match body.next().await {
                 Some(Ok(chunk)) => read += chunk.len(),
                 _ => break,
+            }
+        }
+    })
+    .await;
+}
+
+/// [`drain`] for a browser form: the rest of its fields, within the same bounds.
+async fn drain_form(form: &mut Multipart) {
+    let mut read = 0;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        while read < DRAIN_MAX {
+            let Ok(Some(mut field)) = form.next_field().await else {
+                break;
+            };
+            while let Ok(Some(chunk)) = field.chunk().await {
+                read += chunk.len();
+                if read >= DRAIN_MAX {
+                    break;
+                }
             }
         }
     })
@@ -270,11 +291,17 @@ async fn post_object(
                     declared_size: None,
                     body,
                 };
-                stored = Some(
-                    app.storage
-                        .put(Actor::Caller(&caller), &bucket, upload)
-                        .await?,
-                );
+                match app
+                    .storage
+                    .put(Actor::Caller(&caller), &bucket, upload)
+                    .await
+                {
+                    Ok(done) => stored = Some(done),
+                    Err(e) => {
+                        drain_form(&mut form).await;
+                        return Err(e.into());
+                    }
+                }
             }
             _ => {}
         }
