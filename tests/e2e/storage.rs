@@ -1247,6 +1247,26 @@ async fn per_user_quota_holds_under_concurrent_uploads(backend: Backend, store: 
         )
         .await;
     assert_error(&refused, 413, "quota_exceeded");
+    // A refusal that leaves part of the body unread (here the client stops sending) says
+    // `Connection: close`, so a keep-alive client does not reuse the connection.
+    let addr = s.url.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "PUT /v1/storage/q/alice/partial HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {}\r\n\
+         Content-Length: 3000000\r\n\r\n",
+        bearer(&alice)
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&[b'p'; 100_000]).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed while the body is still incomplete")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.starts_with("http/1.1 413"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(answer.contains("quota_exceeded"), "{answer}");
     // Replacing an object counts its new size, not both.
     let first = &items[0];
     let (status, body) = s

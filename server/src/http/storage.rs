@@ -150,40 +150,60 @@ impl ActorOwned {
 const DRAIN_MAX: usize = 1 << 20;
 
 /// Reads and drops what is left of a refused upload's body (at most 1 MiB, for at most a
-/// second) before the error is sent. Closing a connection with unread bytes makes the kernel
-/// reset it, and a client still sending would often lose the answer (a refusal from the
-/// declared size, the quota or a rule, sent before the body was read). A larger rest is
-/// left unread: the connection closes and that client may see a reset instead of the 4xx.
-async fn drain(body: &mut axum::body::BodyDataStream) {
+/// second) before the error is sent; true when the whole body was read. Closing a
+/// connection with unread bytes makes the kernel reset it, and a client still sending would
+/// often lose the answer (a refusal from the declared size, the quota or a rule, sent
+/// before the body was read). A larger rest is left unread: see [`refusal`].
+async fn drain(body: &mut axum::body::BodyDataStream) -> bool {
     let mut read = 0;
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+    tokio::time::timeout(std::time::Duration::from_secs(1), async {
         while read < DRAIN_MAX {
             match body.next().await {
                 Some(Ok(chunk)) => read += chunk.len(),
-                _ => break,
+                Some(Err(_)) => return false,
+                None => return true,
             }
         }
+        false
     })
-    .await;
+    .await
+    .unwrap_or(false)
 }
 
 /// [`drain`] for a browser form: the rest of its fields, within the same bounds.
-async fn drain_form(form: &mut Multipart) {
+async fn drain_form(form: &mut Multipart) -> bool {
     let mut read = 0;
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+    tokio::time::timeout(std::time::Duration::from_secs(1), async {
         while read < DRAIN_MAX {
-            let Ok(Some(mut field)) = form.next_field().await else {
-                break;
+            let mut field = match form.next_field().await {
+                Ok(Some(field)) => field,
+                Ok(None) => return true,
+                Err(_) => return false,
             };
             while let Ok(Some(chunk)) = field.chunk().await {
                 read += chunk.len();
                 if read >= DRAIN_MAX {
-                    break;
+                    return false;
                 }
             }
         }
+        false
     })
-    .await;
+    .await
+    .unwrap_or(false)
+}
+
+/// The error response for a refused upload. When part of its body is still unread the
+/// server closes the connection after answering, so the answer says `Connection: close`:
+/// a keep-alive client (the SDKs) must not send its next request on it.
+fn refusal(e: crate::storage::Error, whole_body_read: bool) -> Response {
+    let mut response = ApiError::from(e).into_response();
+    if !whole_body_read {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 async fn put_object(
@@ -211,8 +231,8 @@ async fn put_object(
     let (row, created) = match stored {
         Ok(stored) => stored,
         Err(e) => {
-            drain(&mut body).await;
-            return Err(e.into());
+            let whole = drain(&mut body).await;
+            return Ok(refusal(e, whole));
         }
     };
     let status = if created {
@@ -298,8 +318,8 @@ async fn post_object(
                 {
                     Ok(done) => stored = Some(done),
                     Err(e) => {
-                        drain_form(&mut form).await;
-                        return Err(e.into());
+                        let whole = drain_form(&mut form).await;
+                        return Ok(refusal(e, whole));
                     }
                 }
             }
