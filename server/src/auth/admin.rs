@@ -56,10 +56,12 @@ impl Auth {
         let limits = &self.config.rate_limits.login;
         self.rate("login", limits, ctx.ip)?;
         let email = normalize_email(email).map_err(|_| Error::InvalidCredentials)?;
+        let key = format!("admin:{email}");
+        self.take_attempt(&key)?;
         let admin = self.store.auth().admin_by_email(&email).await?;
         let verified = self
-            .verify_counted(
-                &format!("admin:{email}"),
+            .check_attempt(
+                &key,
                 password,
                 admin.as_ref().map(|a| a.password_hash.as_str()),
             )

@@ -160,20 +160,28 @@ impl Auth {
 
     // ---- rate limits ----
 
-    /// Checks a password against an account's failure limit (`rate_limits.login.per_account`,
-    /// `key` naming the account). The attempt is counted *before* the slow verification, so
-    /// concurrent guesses cannot all pass the limit while none has been counted yet (the
-    /// Parse Server race); a right password clears the count.
-    pub(super) async fn verify_counted(
+    /// Takes a password attempt against an account's failure limit
+    /// (`rate_limits.login.per_account`, `key` naming the account), before anything else is
+    /// done for it: concurrent guesses cannot all pass the limit while none has been counted
+    /// yet (the Parse Server race), and a refused attempt costs no lookup or hash.
+    pub(super) fn take_attempt(&self, key: &str) -> Result<(), Error> {
+        self.limiter
+            .hit(
+                "login_failures",
+                key,
+                limit(&self.config.rate_limits.login, true),
+            )
+            .map_err(|retry_after| Error::RateLimited { retry_after })
+    }
+
+    /// Checks the password of an attempt taken with [`Self::take_attempt`]; a right password
+    /// clears the account's count.
+    pub(super) async fn check_attempt(
         &self,
         key: &str,
         password: &str,
         stored: Option<&str>,
     ) -> Result<Verified, Error> {
-        let limit = limit(&self.config.rate_limits.login, true);
-        self.limiter
-            .hit("login_failures", key, limit)
-            .map_err(|retry_after| Error::RateLimited { retry_after })?;
         let verified = if password.len() > super::password::MAX_LEN {
             Verified::No
         } else {
@@ -695,9 +703,10 @@ impl Auth {
         self.rate("login", limits, ctx.ip)?;
         let email = normalize_email(email).map_err(|_| Error::InvalidCredentials)?;
         // Failures are counted per account, whether or not the account exists.
+        self.take_attempt(&email)?;
         let user = self.store.auth().user_by_email(&email).await?;
         let stored = user.as_ref().and_then(|u| u.password_hash.as_deref());
-        let verified = self.verify_counted(&email, password, stored).await?;
+        let verified = self.check_attempt(&email, password, stored).await?;
         let (Some(user), Verified::Yes | Verified::YesRehash) = (user, verified) else {
             return Err(Error::InvalidCredentials);
         };
@@ -759,8 +768,9 @@ impl Auth {
             // The same failure limit as logins: a stolen access token must not become a
             // way to guess the password without one.
             let key = row.email.clone().unwrap_or_else(|| row.id.clone());
+            self.take_attempt(&key)?;
             if self
-                .verify_counted(&key, current, row.password_hash.as_deref())
+                .check_attempt(&key, current, row.password_hash.as_deref())
                 .await?
                 == Verified::No
             {
