@@ -632,32 +632,16 @@ async fn bad_credentials_and_inputs_are_refused_without_leaking(backend: Backend
 async fn admins_manage_users(backend: Backend) {
     let s = TestServer::start(backend).await;
     let out = s
-        .command(&[
-            "admin",
-            "create",
-            "Root@Example.com",
-            "--password",
-            "admin password here",
-        ])
-        .output()
-        .await
-        .unwrap();
+        .create_admin("Root@Example.com", "admin password here")
+        .await;
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let dup = s
-        .command(&[
-            "admin",
-            "create",
-            "root@example.com",
-            "--password",
-            "admin password here",
-        ])
-        .output()
-        .await
-        .unwrap();
+        .create_admin("root@example.com", "admin password here")
+        .await;
     assert!(!dup.status.success());
     let wrong = s
         .send(

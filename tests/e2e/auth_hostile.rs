@@ -548,16 +548,8 @@ async fn concurrent_guesses_cannot_pass_the_account_limit(backend: Backend) {
 
     // And admin logins.
     let created = s
-        .command(&[
-            "admin",
-            "create",
-            "root@example.com",
-            "--password",
-            "admin password here",
-        ])
-        .output()
-        .await
-        .unwrap();
+        .create_admin("root@example.com", "admin password here")
+        .await;
     assert!(created.status.success());
     let guesses =
         (0..20).map(|i| {

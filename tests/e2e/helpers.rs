@@ -332,6 +332,14 @@ impl TestServer {
         self.dir.path().join("server.log")
     }
 
+    /// `ferrobase admin create EMAIL --password PASSWORD` against this server's database.
+    pub async fn create_admin(&self, email: &str, password: &str) -> std::process::Output {
+        self.command(&["admin", "create", email, "--password", password])
+            .output()
+            .await
+            .expect("run ferrobase admin create")
+    }
+
     /// The command that runs `ferrobase <args>` against this server's data and database.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrobase"));

@@ -72,16 +72,8 @@ async fn principals(s: &TestServer) -> Principals {
         assert_eq!(status, StatusCode::OK, "{body}");
     }
     let out = s
-        .command(&[
-            "admin",
-            "create",
-            "root@example.com",
-            "--password",
-            "admin password here",
-        ])
-        .output()
-        .await
-        .unwrap();
+        .create_admin("root@example.com", "admin password here")
+        .await;
     assert!(
         out.status.success(),
         "{}",
