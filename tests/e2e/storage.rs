@@ -58,6 +58,7 @@ on_every_blob_store!(
     interrupted_and_crashed_uploads_leave_nothing,
     large_upload_streams_in_constant_memory,
     per_user_quota_holds_under_concurrent_uploads,
+    a_crash_mid_delete_leaves_objects_whole_or_gone,
 );
 
 /// A server and, for S3, the S3 server behind it.
@@ -934,6 +935,167 @@ async fn interrupted_and_crashed_uploads_leave_nothing(backend: Backend, store: 
         (StatusCode::OK, &b"kept"[..]),
         "a live blob is never swept"
     );
+}
+
+/// HOSTILE DUR-03: SIGKILL while deletes and overwrites run, five times. After each
+/// restart every object is whole or gone: an acknowledged delete stays deleted, an
+/// acknowledged overwrite reads back its bytes, an operation the kill cut off left the old
+/// or the new state (never a short or missing blob), untouched objects are intact, and
+/// the listing names exactly the objects that read back. Once the sweeper has run, the
+/// blob store holds exactly the listed objects' blobs and no temp file.
+async fn a_crash_mid_delete_leaves_objects_whole_or_gone(backend: Backend, store: Blobs) {
+    use futures_util::StreamExt;
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::{Arc, Mutex};
+    const KEYS: usize = 96;
+    const WORKERS: usize = 4;
+    let mut f = Fixture::start(
+        backend,
+        store,
+        "[storage]\nsweep_grace = \"1s\"\nsweep_interval = \"200ms\"\n",
+    )
+    .await;
+    bucket(&f.s, json!({"name": "d"})).await;
+    // Generation 0 is the first upload, 1 the overwrite; `None` is deleted.
+    let bytes = |key: &str, generation: u8| -> Vec<u8> {
+        let seed = key
+            .bytes()
+            .fold(generation as usize, |a, b| a * 31 + b as usize);
+        (0..40_000).map(|i| (i * 7 + seed) as u8).collect()
+    };
+    // What each key may read back as after the crash.
+    let mut allowed: BTreeMap<String, BTreeSet<Option<u8>>> = BTreeMap::new();
+    let (mut cut_off, mut acked_total) = (0, 0);
+    for round in 0..5 {
+        for i in 0..KEYS {
+            let key = format!("r{round}/{i}");
+            let (status, out) =
+                put(&f.s, &format!("/v1/storage/d/{key}"), bytes(&key, 0), &[]).await;
+            assert!(status.is_success(), "{out}");
+        }
+        // Per key: the state asked for, and whether the server acknowledged it.
+        type Tried = BTreeMap<String, (Option<u8>, bool)>;
+        let tried: Arc<Mutex<Tried>> = Arc::default();
+        let mut load = Vec::new();
+        for w in 0..WORKERS {
+            let (client, url, tried) = (f.s.client.clone(), f.s.url.clone(), tried.clone());
+            load.push(tokio::spawn(async move {
+                for i in (w..KEYS).step_by(WORKERS) {
+                    let key = format!("r{round}/{i}");
+                    let target = if i % 2 == 0 { None } else { Some(1) };
+                    tried.lock().unwrap().insert(key.clone(), (target, false));
+                    let request = match target {
+                        None => client.delete(format!("{url}/v1/storage/d/{key}")),
+                        Some(g) => client
+                            .put(format!("{url}/v1/storage/d/{key}"))
+                            .body(bytes(&key, g)),
+                    };
+                    match request.bearer_auth(SERVICE_KEY).send().await {
+                        Ok(r) if r.status().is_success() => {
+                            tried.lock().unwrap().insert(key, (target, true));
+                        }
+                        Ok(r) => panic!("{key}: unexpected status {}", r.status()),
+                        Err(_) => break,
+                    }
+                }
+            }));
+        }
+        // Kill once a round-dependent share of the work is acknowledged.
+        let threshold = 10 + round * 15;
+        eventually(Duration::from_secs(30), || async {
+            let done = tried.lock().unwrap().values().filter(|(_, ok)| *ok).count();
+            (done >= threshold).then_some(())
+        })
+        .await;
+        f.s.kill9().await;
+        for task in load {
+            task.await.unwrap();
+        }
+        let tried = std::mem::take(&mut *tried.lock().unwrap());
+        for i in 0..KEYS {
+            let key = format!("r{round}/{i}");
+            let states = match tried.get(&key) {
+                None => BTreeSet::from([Some(0)]),
+                Some((target, true)) => {
+                    acked_total += 1;
+                    BTreeSet::from([*target])
+                }
+                Some((target, false)) => {
+                    cut_off += 1;
+                    BTreeSet::from([Some(0), *target])
+                }
+            };
+            allowed.insert(key, states);
+        }
+        f.s.restart().await;
+        f.s.assert_healthy().await;
+        // This round's objects are whole or gone, as allowed (earlier rounds' deletes are
+        // checked by the final listing).
+        let read: Vec<(String, StatusCode, Vec<u8>)> =
+            futures_util::stream::iter((0..KEYS).map(|i| format!("r{round}/{i}")))
+                .map(|key| {
+                    let (s, request) =
+                        (&f.s, f.s.svc(Method::GET, &format!("/v1/storage/d/{key}")));
+                    async move {
+                        let (status, _, body) = download(s, request).await;
+                        (key, status, body)
+                    }
+                })
+                .buffer_unordered(8)
+                .collect()
+                .await;
+        for (key, status, body) in read {
+            let found = match status {
+                StatusCode::NOT_FOUND => None,
+                StatusCode::OK => match (0..2u8).find(|g| body == bytes(&key, *g)) {
+                    Some(g) => Some(g),
+                    None => panic!("{key}: {} bytes that match no write", body.len()),
+                },
+                other => panic!("{key}: {other}"),
+            };
+            let states = allowed.get_mut(&key).unwrap();
+            assert!(
+                states.contains(&found),
+                "{key}: read back {found:?}, allowed {states:?}"
+            );
+            *states = BTreeSet::from([found]);
+        }
+    }
+    assert!(
+        acked_total > 50 && cut_off > 0,
+        "the kills should land mid-run: {acked_total} acknowledged, {cut_off} cut off"
+    );
+    // The listing names exactly the objects that read back.
+    let mut listed = BTreeSet::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = "/v1/storage/d?limit=1000".to_owned();
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let (status, page) = f.s.svc_get(&url).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        for item in page["items"].as_array().unwrap() {
+            assert_eq!(item["size"], 40_000, "{item}");
+            listed.insert(item["key"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    let present: BTreeSet<String> = allowed
+        .iter()
+        .filter(|(_, states)| !states.contains(&None))
+        .map(|(key, _)| key.clone())
+        .collect();
+    assert_eq!(listed, present);
+    // Blobs a kill orphaned (row gone, file kept) are swept after the grace period.
+    let temp_dir = f.s.data_dir().join("storage/tmp");
+    eventually(Duration::from_secs(15), || async {
+        (f.blob_count() == present.len() && files(&temp_dir).is_empty()).then_some(())
+    })
+    .await;
 }
 
 async fn buckets_are_declared_and_validated(backend: Backend) {
