@@ -13,7 +13,6 @@
 //! never a different answer.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,8 +35,10 @@ struct Reader {
 }
 
 pub struct InlineReaders {
+    /// Taken first-free from the front, so the first few (as many as threads read at
+    /// once) do nearly all the work and keep their page caches warm; the rest fill their
+    /// caches only when they are needed.
     readers: Vec<Mutex<Reader>>,
-    next: AtomicUsize,
 }
 
 impl InlineReaders {
@@ -68,18 +69,13 @@ impl InlineReaders {
             )?;
             readers.push(Mutex::new(Reader { conn, deadline }));
         }
-        Ok(InlineReaders {
-            readers,
-            next: AtomicUsize::new(0),
-        })
+        Ok(InlineReaders { readers })
     }
 
     /// Runs `read` on a free connection within the budget; `None` when none is free, the
     /// budget ran out or SQLite failed (the caller then reads the usual way).
     fn with<T>(&self, read: impl FnOnce(&Connection) -> Result<T, Failure>) -> Option<T> {
-        let n = self.readers.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut reader = (0..n).find_map(|i| self.readers[(start + i) % n].try_lock().ok())?;
+        let mut reader = self.readers.iter().find_map(|r| r.try_lock().ok())?;
         let reader = &mut *reader;
         if let Ok(mut d) = reader.deadline.lock() {
             *d = Some(Instant::now() + BUDGET);
