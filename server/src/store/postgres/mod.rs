@@ -256,11 +256,12 @@ impl Backend for PgBackend {
     }
 
     async fn prune_changes(&self, older_than: &str) -> Result<u64> {
+        // Oldest first by `at`, so the `at` index serves it (see the SQLite backend).
         let mut total = 0;
         loop {
             let done = sqlx::query(
                 "DELETE FROM fb_changes WHERE seq IN (SELECT seq FROM fb_changes WHERE at < $1 \
-                 AND seq < (SELECT MAX(seq) FROM fb_changes) ORDER BY seq LIMIT 1000)",
+                 AND seq < (SELECT MAX(seq) FROM fb_changes) ORDER BY at LIMIT 1000)",
             )
             .bind(older_than)
             .execute(&self.read)
