@@ -145,14 +145,7 @@ impl FunctionsRead for SqliteBackend {
     }
 
     async fn prune_functions(&self, cutoff: &str) -> Result<u64> {
-        self.delete_older(
-            &[
-                "DELETE FROM fb_fn_logs WHERE at < ?1",
-                "DELETE FROM fb_fn_jobs WHERE status = 'succeeded' AND updated_at < ?1",
-            ],
-            cutoff,
-        )
-        .await
+        self.delete_older(&PRUNE_FUNCTIONS, cutoff).await
     }
 
     async fn get_state(&self, key: &str) -> Result<Option<i64>> {
@@ -301,3 +294,9 @@ impl FunctionsTx for SqliteSession {
         Ok(changed > 0)
     }
 }
+
+/// Function logs' and finished jobs' retention deletes (each served by an index).
+pub(super) const PRUNE_FUNCTIONS: [&str; 2] = [
+    "DELETE FROM fb_fn_logs WHERE at < ?1",
+    "DELETE FROM fb_fn_jobs WHERE status = 'succeeded' AND updated_at < ?1",
+];

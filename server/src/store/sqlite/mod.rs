@@ -476,25 +476,48 @@ impl Backend for SqliteBackend {
 
 #[cfg(test)]
 mod tests {
-    /// Pruning finds the old rows through the `at` index; it must not walk the change log
-    /// (a full scan under the write lock every `prune_interval`, as `ORDER BY seq` did).
-    #[test]
-    fn pruning_the_change_log_uses_its_at_index() {
+    /// The query plan's steps for `sql` on a database with every migration applied.
+    fn plan(sql: &str) -> Vec<String> {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
-        conn.execute_batch(include_str!("../../../../migrations/sqlite/0001_init.sql"))
-            .unwrap();
-        let mut stmt = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {}", super::PRUNE_CHANGES))
-            .unwrap();
-        let plan: Vec<String> = stmt
-            .query_map(["2026-01-01"], |r| r.get::<_, String>(3))
+        for migration in [
+            include_str!("../../../../migrations/sqlite/0001_init.sql"),
+            include_str!("../../../../migrations/sqlite/0002_auth.sql"),
+            include_str!("../../../../migrations/sqlite/0003_storage.sql"),
+            include_str!("../../../../migrations/sqlite/0004_functions.sql"),
+            include_str!("../../../../migrations/sqlite/0005_storage_owner.sql"),
+            include_str!("../../../../migrations/sqlite/0006_retention_indexes.sql"),
+        ] {
+            conn.execute_batch(migration).unwrap();
+        }
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        stmt.query_map(["2026-01-01"], |r| r.get::<_, String>(3))
             .unwrap()
             .collect::<Result<_, _>>()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// The retention jobs run every minute through the write connection; each of their
+    /// deletes must find its rows through an index, never scan a table under the write
+    /// lock (pruning the change log `ORDER BY seq` walked the whole log).
+    #[test]
+    fn retention_deletes_search_indexes_and_scan_nothing() {
+        let change_log = plan(super::PRUNE_CHANGES);
         assert!(
-            plan.iter()
+            change_log
+                .iter()
                 .any(|step| step.contains("INDEX fb_changes_at (at<?)")),
-            "{plan:?}"
+            "{change_log:?}"
         );
+        let all = [super::PRUNE_CHANGES]
+            .into_iter()
+            .chain(super::auth::PRUNE_AUTH)
+            .chain(super::functions::PRUNE_FUNCTIONS);
+        for sql in all {
+            let steps = plan(sql);
+            assert!(
+                !steps.iter().any(|step| step.starts_with("SCAN")),
+                "{sql}: {steps:?}"
+            );
+        }
     }
 }
