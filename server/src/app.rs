@@ -215,7 +215,12 @@ async fn metrics_upkeep(
 ) {
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => handle.run_upkeep(),
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {
+                // Folding takes milliseconds under load (3-18 ms measured at 27 k calls/s):
+                // off the async workers, where it held up whatever shared the thread.
+                let handle = handle.clone();
+                let _ = tokio::task::spawn_blocking(move || handle.run_upkeep()).await;
+            }
             _ = stop.changed() => return,
         }
     }

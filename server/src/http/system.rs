@@ -47,11 +47,13 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
             .set(f64::from(stat.idle));
     }
     metrics::gauge!("ferrobase_uptime_seconds").set(app.started.elapsed().as_secs_f64());
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(),
-    )
-        .into_response()
+    // Rendering folds every histogram sample since the last pass (milliseconds under
+    // load), so it runs off the async workers.
+    let handle = app.metrics.clone();
+    match tokio::task::spawn_blocking(move || handle.render()).await {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Err(e) => ApiError::internal(format!("rendering metrics: {e}")).into_response(),
+    }
 }
 
 /// GET /v1/openapi.json — this API, generated from the route table.
