@@ -146,6 +146,25 @@ async fn raw(s: &TestServer, head: &str, body: &[u8]) -> (u16, String) {
     (status, text)
 }
 
+/// Every object of a listing (`path` with its query), following `next_cursor` page by page.
+async fn list_all(s: &TestServer, path: &str) -> Vec<Value> {
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = path.to_owned();
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let (status, page) = s.svc_get(&url).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        items.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return items,
+        }
+    }
+}
+
 /// Every file under `dir`, relative.
 fn files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -250,27 +269,11 @@ async fn upload_download_list_delete(backend: Backend, store: Blobs) {
         .await;
     }
     put(s, "/v1/storage/docs/other", b"x".to_vec(), &[]).await;
-    let mut keys = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut url = "/v1/storage/docs?prefix=reports/&limit=2".to_owned();
-        if let Some(c) = &cursor {
-            url.push_str(&format!("&cursor={c}"));
-        }
-        let (status, page) = s.svc_get(&url).await;
-        assert_eq!(status, StatusCode::OK, "{page}");
-        keys.extend(
-            page["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|o| o["key"].as_str().unwrap().to_owned()),
-        );
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
-            None => break,
-        }
-    }
+    let keys: Vec<String> = list_all(s, "/v1/storage/docs?prefix=reports/&limit=2")
+        .await
+        .iter()
+        .map(|o| o["key"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(
         keys,
         [
@@ -1067,22 +1070,9 @@ async fn a_crash_mid_delete_leaves_objects_whole_or_gone(backend: Backend, store
     );
     // The listing names exactly the objects that read back.
     let mut listed = BTreeSet::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut url = "/v1/storage/d?limit=1000".to_owned();
-        if let Some(c) = &cursor {
-            url.push_str(&format!("&cursor={c}"));
-        }
-        let (status, page) = f.s.svc_get(&url).await;
-        assert_eq!(status, StatusCode::OK, "{page}");
-        for item in page["items"].as_array().unwrap() {
-            assert_eq!(item["size"], 40_000, "{item}");
-            listed.insert(item["key"].as_str().unwrap().to_owned());
-        }
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
-            None => break,
-        }
+    for item in list_all(&f.s, "/v1/storage/d?limit=1000").await {
+        assert_eq!(item["size"], 40_000, "{item}");
+        listed.insert(item["key"].as_str().unwrap().to_owned());
     }
     let present: BTreeSet<String> = allowed
         .iter()

@@ -479,15 +479,8 @@ mod tests {
     /// The query plan's steps for `sql` on a database with every migration applied.
     fn plan(sql: &str) -> Vec<String> {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
-        for migration in [
-            include_str!("../../../../migrations/sqlite/0001_init.sql"),
-            include_str!("../../../../migrations/sqlite/0002_auth.sql"),
-            include_str!("../../../../migrations/sqlite/0003_storage.sql"),
-            include_str!("../../../../migrations/sqlite/0004_functions.sql"),
-            include_str!("../../../../migrations/sqlite/0005_storage_owner.sql"),
-            include_str!("../../../../migrations/sqlite/0006_retention_indexes.sql"),
-        ] {
-            conn.execute_batch(migration).unwrap();
+        for migration in super::MIGRATOR.iter() {
+            conn.execute_batch(migration.sql.as_str()).unwrap();
         }
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
         stmt.query_map(["2026-01-01"], |r| r.get::<_, String>(3))
