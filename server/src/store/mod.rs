@@ -346,6 +346,9 @@ pub struct Options {
     pub acquire_timeout: Duration,
 }
 
+/// Rows one retention `DELETE` removes at most; the pruners repeat it until less go.
+pub(crate) const PRUNE_CHUNK: i64 = 1000;
+
 /// The handle the rest of the server uses. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -580,6 +583,158 @@ mod tests {
             sqlite_inline_reads: true,
             acquire_timeout: std::time::Duration::from_secs(5),
         }
+    }
+
+    /// Rows a week past their end go, in more than one chunk each; what is younger stays,
+    /// and so do the spent refresh tokens of a live session (reuse detection needs them).
+    async fn retention_deletes_old_rows_chunk_by_chunk(store: super::Store) {
+        use super::auth::{MailRow, RefreshMatch, SessionRow};
+        use super::functions::LogRow;
+        const OLD: &str = "2026-01-01T00:00:00.000Z";
+        const CUTOFF: &str = "2026-01-15T00:00:00.000Z";
+        const FRESH: &str = "2026-02-01T00:00:00.000Z";
+        let many = super::PRUNE_CHUNK as usize + 100;
+        let session = |id: String, expires_at: &str| SessionRow {
+            refresh_hash: format!("{id}-r0"),
+            id,
+            kind: "user".into(),
+            user_id: "u".into(),
+            created_at: OLD.into(),
+            expires_at: expires_at.into(),
+            revoked_at: None,
+            revoke_reason: None,
+            previous_hash: None,
+            rotated_at: None,
+            ip: None,
+            user_agent: None,
+        };
+        let mut sessions: Vec<SessionRow> = (0..many)
+            .map(|i| session(format!("expired{i}"), OLD))
+            .collect();
+        sessions.push(session("revoked".into(), FRESH));
+        sessions.push(session("live".into(), FRESH));
+        let mail = |i: usize, at: &str| MailRow {
+            id: format!("{at}-{i}"),
+            to_addr: "a@example.com".into(),
+            subject: "s".into(),
+            text: "t".into(),
+            created_at: at.into(),
+        };
+        let log = |at: &str| LogRow {
+            id: 0,
+            invocation: "i".into(),
+            function: "f".into(),
+            version: 1,
+            level: "info".into(),
+            message: at.into(),
+            at: at.into(),
+        };
+        let logs: Vec<LogRow> = (0..many).map(|_| log(OLD)).chain([log(FRESH)]).collect();
+        store
+            .write::<_, super::Error>(Box::new(move |tx: &mut dyn super::Tx| {
+                Box::pin(async move {
+                    for s in &sessions {
+                        tx.auth().insert_session(s).await?;
+                        // Two rotations: r0 and r1 spent, r2 current.
+                        for n in 0..2 {
+                            let (spent, new) =
+                                (format!("{}-r{n}", s.id), format!("{}-r{}", s.id, n + 1));
+                            tx.auth().rotate_session(&s.id, &spent, &new, OLD).await?;
+                        }
+                    }
+                    tx.auth().revoke_session("revoked", OLD, "test").await?;
+                    for i in 0..many {
+                        tx.auth().insert_mail(&mail(i, OLD)).await?;
+                    }
+                    tx.auth().insert_mail(&mail(0, FRESH)).await?;
+                    tx.functions().insert_logs(&logs).await
+                })
+            }))
+            .await
+            .unwrap();
+
+        let removed = store.auth().prune_auth(CUTOFF).await.unwrap();
+        // Sessions (expired and revoked) with two spent tokens each, and the old mail.
+        assert_eq!(removed as usize, (many + 1) * 3 + many);
+        assert_eq!(
+            store.functions().prune_functions(CUTOFF).await.unwrap() as usize,
+            many
+        );
+
+        let mail = store.auth().list_mail(10_000).await.unwrap();
+        assert_eq!(mail.len(), 1);
+        assert_eq!(mail[0].created_at, FRESH);
+        let logs = store
+            .functions()
+            .list_logs(None, None, 0, 10_000)
+            .await
+            .unwrap();
+        assert_eq!(logs.len(), 1);
+        assert_eq!(logs[0].at, FRESH);
+        for gone in ["expired0", "revoked", &format!("expired{}", many - 1)] {
+            assert!(
+                store.auth().session_state(gone).await.unwrap().is_none(),
+                "{gone}"
+            );
+        }
+        assert!(store.auth().session_state("live").await.unwrap().is_some());
+        let found = store
+            .write::<_, super::Error>(Box::new(|tx: &mut dyn super::Tx| {
+                Box::pin(async move {
+                    let live = tx.auth().find_refresh("live-r0").await?;
+                    let gone = tx.auth().find_refresh("expired7-r0").await?;
+                    Ok((live, gone))
+                })
+            }))
+            .await
+            .unwrap();
+        assert!(
+            matches!(&found.0, RefreshMatch::Spent { session_id } if session_id == "live"),
+            "{:?}",
+            found.0
+        );
+        assert!(matches!(found.1, RefreshMatch::Unknown), "{:?}", found.1);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn retention_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("app.db").display());
+        let store = super::Store::open(&sqlite_options(&url)).await.unwrap();
+        retention_deletes_old_rows_chunk_by_chunk(store).await;
+    }
+
+    /// On the Postgres of `FERROBASE_TEST_DATABASE_URL` (skipped when it is unreachable,
+    /// unless `FERROBASE_REQUIRE_POSTGRES=1`), in a database made for it and dropped after.
+    #[tokio::test]
+    async fn retention_on_postgres() {
+        use sqlx::Connection;
+        let admin = std::env::var("FERROBASE_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let mut conn = match sqlx::PgConnection::connect(&admin).await {
+            Ok(conn) => conn,
+            Err(e) if std::env::var("FERROBASE_REQUIRE_POSTGRES").as_deref() == Ok("1") => {
+                panic!("FERROBASE_REQUIRE_POSTGRES=1 but Postgres is unreachable: {e}")
+            }
+            Err(_) => return,
+        };
+        let name = format!("fb_unit_retention_{}", std::process::id());
+        let create = format!("CREATE DATABASE {name}");
+        sqlx::query(sqlx::AssertSqlSafe(create))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let (base, _) = admin.rsplit_once('/').unwrap();
+        let mut opts = sqlite_options("");
+        opts.database_url = Some(crate::util::secret::Secret::new(format!("{base}/{name}")));
+        let store = super::Store::open(&opts).await.unwrap();
+        retention_deletes_old_rows_chunk_by_chunk(store).await;
+        let drop = format!("DROP DATABASE {name} WITH (FORCE)");
+        sqlx::query(sqlx::AssertSqlSafe(drop))
+            .execute(&mut conn)
+            .await
+            .unwrap();
     }
 
     /// The SQLite writer opens the database file a second time, which an in-memory

@@ -563,12 +563,18 @@ impl AuthRead for PgBackend {
     async fn prune_auth(&self, cutoff: &str) -> Result<u64> {
         self.delete_older(
             &[
-                "DELETE FROM fb_refresh_spent WHERE session_id IN \
-                 (SELECT id FROM fb_sessions WHERE expires_at < $1 OR revoked_at < $1)",
-                "DELETE FROM fb_sessions WHERE expires_at < $1 OR revoked_at < $1",
-                "DELETE FROM fb_auth_tokens WHERE expires_at < $1 OR used_at < $1",
-                "DELETE FROM fb_oauth_states WHERE expires_at < $1",
-                "DELETE FROM fb_mail WHERE created_at < $1",
+                // Spent refresh tokens before their sessions (see the SQLite backend).
+                "DELETE FROM fb_refresh_spent WHERE hash IN (SELECT r.hash FROM fb_sessions s \
+                 JOIN fb_refresh_spent r ON r.session_id = s.id \
+                 WHERE s.expires_at < $1 OR s.revoked_at < $1 LIMIT $2)",
+                "DELETE FROM fb_sessions WHERE id IN (SELECT id FROM fb_sessions \
+                 WHERE expires_at < $1 OR revoked_at < $1 LIMIT $2)",
+                "DELETE FROM fb_auth_tokens WHERE hash IN (SELECT hash FROM fb_auth_tokens \
+                 WHERE expires_at < $1 OR used_at < $1 LIMIT $2)",
+                "DELETE FROM fb_oauth_states WHERE state_hash IN (SELECT state_hash \
+                 FROM fb_oauth_states WHERE expires_at < $1 LIMIT $2)",
+                "DELETE FROM fb_mail WHERE id IN (SELECT id FROM fb_mail \
+                 WHERE created_at < $1 LIMIT $2)",
             ],
             cutoff,
         )

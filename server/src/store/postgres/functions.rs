@@ -169,8 +169,10 @@ impl FunctionsRead for PgBackend {
     async fn prune_functions(&self, cutoff: &str) -> Result<u64> {
         self.delete_older(
             &[
-                "DELETE FROM fb_fn_logs WHERE at < $1",
-                "DELETE FROM fb_fn_jobs WHERE status = 'succeeded' AND updated_at < $1",
+                "DELETE FROM fb_fn_logs WHERE id IN (SELECT id FROM fb_fn_logs \
+                 WHERE at < $1 LIMIT $2)",
+                "DELETE FROM fb_fn_jobs WHERE id IN (SELECT id FROM fb_fn_jobs \
+                 WHERE status = 'succeeded' AND updated_at < $1 LIMIT $2)",
             ],
             cutoff,
         )

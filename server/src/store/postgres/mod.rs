@@ -17,8 +17,8 @@ use tokio::task::JoinHandle;
 use super::query::{Param, select_count, select_page};
 use super::writer::WriteSession;
 use super::{
-    Backend, ChangeRow, CollectionRow, DocQuery, DocRow, Kind, Options, Plan, PoolStat,
-    RemoteEvents, Result,
+    Backend, ChangeRow, CollectionRow, DocQuery, DocRow, Kind, Options, PRUNE_CHUNK, Plan,
+    PoolStat, RemoteEvents, Result,
 };
 use crate::query::Filter;
 pub(crate) use dialect::Postgres as Dialect;
@@ -39,7 +39,9 @@ pub(crate) struct PgBackend {
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
 impl PgBackend {
-    /// Runs retention `DELETE`s (each binding `$1` to `cutoff`); the rows they removed.
+    /// Runs retention `DELETE`s (each binding `$1` to `cutoff` and `$2` to the chunk size,
+    /// [`PRUNE_CHUNK`]), each again until it deletes less than a chunk, so no prune is one
+    /// long transaction; the rows they removed.
     pub(crate) async fn delete_older(
         &self,
         statements: &[&'static str],
@@ -47,11 +49,18 @@ impl PgBackend {
     ) -> Result<u64> {
         let mut total = 0;
         for sql in statements {
-            total += sqlx::query(*sql)
-                .bind(cutoff)
-                .execute(&self.read)
-                .await?
-                .rows_affected();
+            loop {
+                let done = sqlx::query(*sql)
+                    .bind(cutoff)
+                    .bind(PRUNE_CHUNK)
+                    .execute(&self.read)
+                    .await?
+                    .rows_affected();
+                total += done;
+                if done < PRUNE_CHUNK as u64 {
+                    break;
+                }
+            }
         }
         Ok(total)
     }
@@ -257,21 +266,14 @@ impl Backend for PgBackend {
 
     async fn prune_changes(&self, older_than: &str) -> Result<u64> {
         // Oldest first by `at`, so the `at` index serves it (see the SQLite backend).
-        let mut total = 0;
-        loop {
-            let done = sqlx::query(
+        self.delete_older(
+            &[
                 "DELETE FROM fb_changes WHERE seq IN (SELECT seq FROM fb_changes WHERE at < $1 \
-                 AND seq < (SELECT MAX(seq) FROM fb_changes) ORDER BY at LIMIT 1000)",
-            )
-            .bind(older_than)
-            .execute(&self.read)
-            .await?
-            .rows_affected();
-            total += done;
-            if done < 1000 {
-                return Ok(total);
-            }
-        }
+               AND seq < (SELECT MAX(seq) FROM fb_changes) ORDER BY at LIMIT $2)",
+            ],
+            older_than,
+        )
+        .await
     }
 
     async fn write_session(&self) -> Result<Box<dyn WriteSession>> {

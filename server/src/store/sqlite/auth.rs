@@ -507,10 +507,16 @@ impl AuthRead for SqliteBackend {
 
 /// The auth tables' retention deletes (each served by an index; see the store tests).
 pub(super) const PRUNE_AUTH: [&str; 5] = [
-    "DELETE FROM fb_refresh_spent WHERE session_id IN \
-     (SELECT id FROM fb_sessions WHERE expires_at < ?1 OR revoked_at < ?1)",
-    "DELETE FROM fb_sessions WHERE expires_at < ?1 OR revoked_at < ?1",
-    "DELETE FROM fb_auth_tokens WHERE expires_at < ?1 OR used_at < ?1",
-    "DELETE FROM fb_oauth_states WHERE expires_at < ?1",
-    "DELETE FROM fb_mail WHERE created_at < ?1",
+    // Spent refresh tokens before their sessions, or they would never match again.
+    "DELETE FROM fb_refresh_spent WHERE rowid IN (SELECT r.rowid FROM fb_sessions s \
+     JOIN fb_refresh_spent r ON r.session_id = s.id \
+     WHERE s.expires_at < ?1 OR s.revoked_at < ?1 LIMIT ?2)",
+    "DELETE FROM fb_sessions WHERE rowid IN (SELECT rowid FROM fb_sessions \
+     WHERE expires_at < ?1 OR revoked_at < ?1 LIMIT ?2)",
+    "DELETE FROM fb_auth_tokens WHERE rowid IN (SELECT rowid FROM fb_auth_tokens \
+     WHERE expires_at < ?1 OR used_at < ?1 LIMIT ?2)",
+    "DELETE FROM fb_oauth_states WHERE rowid IN (SELECT rowid FROM fb_oauth_states \
+     WHERE expires_at < ?1 LIMIT ?2)",
+    "DELETE FROM fb_mail WHERE rowid IN (SELECT rowid FROM fb_mail \
+     WHERE created_at < ?1 LIMIT ?2)",
 ];

@@ -297,6 +297,7 @@ impl FunctionsTx for SqliteSession {
 
 /// Function logs' and finished jobs' retention deletes (each served by an index).
 pub(super) const PRUNE_FUNCTIONS: [&str; 2] = [
-    "DELETE FROM fb_fn_logs WHERE at < ?1",
-    "DELETE FROM fb_fn_jobs WHERE status = 'succeeded' AND updated_at < ?1",
+    "DELETE FROM fb_fn_logs WHERE rowid IN (SELECT rowid FROM fb_fn_logs WHERE at < ?1 LIMIT ?2)",
+    "DELETE FROM fb_fn_jobs WHERE rowid IN (SELECT rowid FROM fb_fn_jobs \
+     WHERE status = 'succeeded' AND updated_at < ?1 LIMIT ?2)",
 ];

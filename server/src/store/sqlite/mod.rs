@@ -23,8 +23,8 @@ use sqlx::{AssertSqlSafe, Row, Sqlite};
 use super::query::{Param, select_count, select_page};
 use super::writer::WriteSession;
 use super::{
-    Backend, ChangeRow, CollectionRow, DocQuery, DocRow, Error, Kind, Options, Plan, PoolStat,
-    RemoteEvents, Result,
+    Backend, ChangeRow, CollectionRow, DocQuery, DocRow, Error, Kind, Options, PRUNE_CHUNK, Plan,
+    PoolStat, RemoteEvents, Result,
 };
 use crate::query::Filter;
 pub(crate) use dialect::Sqlite as Dialect;
@@ -44,7 +44,7 @@ pub(crate) struct SqliteBackend {
 
 /// One chunk of the change log's pruning (see `prune_changes`).
 const PRUNE_CHANGES: &str = "DELETE FROM fb_changes WHERE seq IN (SELECT seq FROM fb_changes \
-     WHERE at < ? AND seq < (SELECT MAX(seq) FROM fb_changes) ORDER BY at LIMIT 1000)";
+     WHERE at < ?1 AND seq < (SELECT MAX(seq) FROM fb_changes) ORDER BY at LIMIT ?2)";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
@@ -69,21 +69,31 @@ fn damaged(path: &Path, e: sqlx::Error) -> Error {
 }
 
 impl SqliteBackend {
-    /// Runs retention `DELETE`s (each binding `?1` to `cutoff`) on the writer connection;
-    /// the rows they removed.
+    /// Runs retention `DELETE`s (each binding `?1` to `cutoff` and `?2` to the chunk size,
+    /// [`PRUNE_CHUNK`]) through the write pool, each again until it deletes less than a
+    /// chunk; the rows they removed.
     pub(crate) async fn delete_older(
         &self,
         statements: &[&'static str],
         cutoff: &str,
     ) -> Result<u64> {
-        let mut conn = self.write.acquire().await?;
+        // Chunk by chunk, each its own short transaction, so the group-commit writer never
+        // waits behind one long delete (say, the first prune after a long downtime).
         let mut total = 0;
         for sql in statements {
-            total += sqlx::query(*sql)
-                .bind(cutoff)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
+            loop {
+                let mut conn = self.write.acquire().await?;
+                let done = sqlx::query(*sql)
+                    .bind(cutoff)
+                    .bind(PRUNE_CHUNK)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
+                total += done;
+                if done < PRUNE_CHUNK as u64 {
+                    break;
+                }
+            }
         }
         Ok(total)
     }
@@ -393,19 +403,7 @@ impl Backend for SqliteBackend {
         // every row, a full scan holding the write lock every `prune_interval` even when
         // nothing was old enough (a realtime event waited 100+ ms behind it in the bench);
         // the `at` index finds the old rows, or that there are none, at once.
-        let mut total = 0;
-        loop {
-            let mut conn = self.write.acquire().await?;
-            let done = sqlx::query(PRUNE_CHANGES)
-                .bind(older_than)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
-            total += done;
-            if done < 1000 {
-                return Ok(total);
-            }
-        }
+        self.delete_older(&[PRUNE_CHANGES], older_than).await
     }
 
     async fn write_session(&self) -> Result<Box<dyn WriteSession>> {
@@ -483,10 +481,12 @@ mod tests {
             conn.execute_batch(migration.sql.as_str()).unwrap();
         }
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-        stmt.query_map(["2026-01-01"], |r| r.get::<_, String>(3))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
+        stmt.query_map(rusqlite::params!["2026-01-01", super::PRUNE_CHUNK], |r| {
+            r.get::<_, String>(3)
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
     }
 
     /// The retention jobs run every minute through the write connection; each of their
