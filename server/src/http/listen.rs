@@ -10,13 +10,14 @@
 //! Shutdown: stop accepting, ask every connection to finish its in-flight request and close
 //! (hyper's graceful shutdown), and wait for them.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::ConnectInfo;
+use axum::extract::{ConnectInfo, Request};
+use axum::response::Response;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -31,12 +32,16 @@ pub struct Limits {
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then drains the connections.
-pub async fn serve(
+pub async fn serve<S>(
     listener: tokio::net::TcpListener,
-    router: Router,
+    router: S,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     // Every connection task holds a receiver: the loop ends when all are gone.
     let (stop_tx, stop_rx) = watch::channel(false);
