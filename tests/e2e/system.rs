@@ -65,7 +65,21 @@ async fn health_ready_metrics_and_request_ids(backend: Backend) {
 
     s.collection("c", json!({})).await;
     s.create("c", json!({})).await;
+    // A method the client makes up is counted as OTHER: each label value is a permanent
+    // set of series, so clients must not be able to mint them.
+    for made_up in ["FROBNICATE", "FROBNICATE2"] {
+        let method = Method::from_bytes(made_up.as_bytes()).unwrap();
+        let response = s.req(method, "/health").send().await.unwrap();
+        assert_eq!(response.status(), 405);
+    }
     let metrics = s.metrics().await;
+    assert!(!metrics.contains("FROBNICATE"), "{metrics}");
+    assert!(
+        metrics.contains(
+            r#"ferrobase_http_requests_total{method="OTHER",route="/health",status="405"} 2"#
+        ),
+        "{metrics}"
+    );
     assert!(
         metrics.contains(r#"ferrobase_http_requests_total{method="POST",route="/v1/db/{collection}",status="201"} 1"#),
         "{metrics}"

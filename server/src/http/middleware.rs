@@ -1,9 +1,11 @@
 //! Request-scoped middleware: request ids, metrics and the access log.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
@@ -39,38 +41,81 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
 }
 
 /// Counts requests by route and status, times them, and logs each at debug level.
+///
+/// Every label comes from a bounded set: the route table's patterns (or `unmatched`), the
+/// standard methods (any other is `OTHER`: a client choosing the method must not be able
+/// to mint new time series, each a permanent set of histogram buckets) and the status.
 pub async fn observe(req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = req.method().clone();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = method_label(req.method());
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let response = next.run(req).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
-    metrics::counter!(
-        "ferrobase_http_requests_total",
-        "method" => method.to_string(),
-        "route" => route.clone(),
-        "status" => status.to_string()
-    )
-    .increment(1);
-    metrics::histogram!(
-        "ferrobase_http_request_duration_seconds",
-        "method" => method.to_string(),
-        "route" => route.clone()
-    )
-    .record(elapsed.as_secs_f64());
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    with_request_metrics(method, route, status, |requests, duration| {
+        requests.increment(1);
+        duration.record(elapsed.as_secs_f64());
+    });
     tracing::debug!(
-        http.method = %method,
-        http.route = %route,
+        http.method = method,
+        http.route = route,
         http.status = status,
         duration_ms = elapsed.as_secs_f64() * 1000.0,
         "request"
     );
     response
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+/// The request counter and duration histogram of (method, route, status), from a
+/// per-thread cache of their handles: building the labelled keys and looking them up in
+/// the recorder's registry on every request cost ~6 % of a GET's instructions (callgrind).
+fn with_request_metrics(
+    method: &'static str,
+    route: &str,
+    status: u16,
+    f: impl FnOnce(&metrics::Counter, &metrics::Histogram),
+) {
+    type Handles =
+        HashMap<(&'static str, u16), HashMap<Box<str>, (metrics::Counter, metrics::Histogram)>>;
+    thread_local! {
+        static HANDLES: RefCell<Handles> = RefCell::default();
+    }
+    HANDLES.with_borrow_mut(|handles| {
+        let by_route = handles.entry((method, status)).or_default();
+        if !by_route.contains_key(route) {
+            let made = (
+                metrics::counter!(
+                    "ferrobase_http_requests_total",
+                    "method" => method,
+                    "route" => route.to_owned(),
+                    "status" => status.to_string()
+                ),
+                metrics::histogram!(
+                    "ferrobase_http_request_duration_seconds",
+                    "method" => method,
+                    "route" => route.to_owned()
+                ),
+            );
+            by_route.insert(route.into(), made);
+        }
+        if let Some((requests, duration)) = by_route.get(route) {
+            f(requests, duration);
+        }
+    });
 }
 
 /// Refuses a request whose `Content-Length` exceeds `limit` before reading any of its body
