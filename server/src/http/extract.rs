@@ -146,8 +146,11 @@ impl FromRequestParts<AppState> for CallerAuth {
     }
 }
 
-/// The method as a static name (rules compare it with string literals).
-fn method_name(method: &axum::http::Method) -> &'static str {
+/// The method as a static name from a fixed set (rules compare it with string literals;
+/// metrics use it as a label, which a client-chosen method must not extend): any method
+/// outside the standard seven is `OTHER`. No route takes `OPTIONS` (CORS answers
+/// preflights), so rules never see it.
+pub(crate) fn method_name(method: &axum::http::Method) -> &'static str {
     use axum::http::Method;
     match *method {
         Method::GET => "GET",
@@ -156,6 +159,7 @@ fn method_name(method: &axum::http::Method) -> &'static str {
         Method::PUT => "PUT",
         Method::PATCH => "PATCH",
         Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
         _ => "OTHER",
     }
 }

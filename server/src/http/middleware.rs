@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::{HeaderValue, Method};
+use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
@@ -47,7 +47,7 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
 /// to mint new time series, each a permanent set of histogram buckets) and the status.
 pub async fn observe(req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = method_label(req.method());
+    let method = super::extract::method_name(req.method());
     let route = req.extensions().get::<MatchedPath>().cloned();
     let response = next.run(req).await;
     let elapsed = started.elapsed();
@@ -65,19 +65,6 @@ pub async fn observe(req: Request, next: Next) -> Response {
         "request"
     );
     response
-}
-
-fn method_label(method: &Method) -> &'static str {
-    match *method {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::PATCH => "PATCH",
-        Method::DELETE => "DELETE",
-        Method::OPTIONS => "OPTIONS",
-        _ => "OTHER",
-    }
 }
 
 /// The request counter and duration histogram of (method, route, status), from a
