@@ -14,7 +14,8 @@ use super::Error;
 use super::collection::Collection;
 use super::document::Document;
 use crate::auth::Caller;
-use crate::query::Filter;
+use crate::query::{Fields, Filter};
+use crate::rules::fast::Doc;
 use crate::rules::{Rule, Vars};
 
 /// The operations rules are written for.
@@ -78,13 +79,13 @@ impl Access {
         &self,
         caller: &Caller,
         collection: &Collection,
-        doc: &Document,
+        doc: &impl Fields,
     ) -> Result<(), Error> {
         if caller.is_privileged() {
             return Ok(());
         }
         let rule = self.rule(caller, collection, Operation::Get)?;
-        let allow = rule.allows(|| Vars {
+        let allow = rule.allows_on(&caller.principal, Doc::Fields(doc), Doc::Absent, || Vars {
             doc: Some(rule.doc_value(doc)),
             ..Vars::for_caller(caller)
         });
@@ -100,7 +101,7 @@ impl Access {
         let Some(rule) = collection.rules.get(Operation::List) else {
             return false;
         };
-        rule.allows(|| Vars {
+        rule.allows_on(&caller.principal, Doc::Fields(doc), Doc::Absent, || Vars {
             doc: Some(rule.doc_value(doc)),
             ..Vars::for_caller(caller)
         })
@@ -130,13 +131,17 @@ impl Access {
             return Ok(());
         }
         let rule = self.rule(caller, collection, op)?;
-        let vars = Vars {
-            doc: Some(before.map_or(Value::Null, |d| rule.doc_value(d))),
-            new: after.map(|d| rule.new_value(d)),
-            ..Vars::for_caller(caller)
-        };
-        let decision = rule.evaluate(&vars);
-        if decision.allow {
+        let allow = rule.allows_on(
+            &caller.principal,
+            before.map_or(Doc::Null, |d| Doc::Fields(d)),
+            after.map_or(Doc::Absent, |d| Doc::Fields(d)),
+            || Vars {
+                doc: Some(before.map_or(Value::Null, |d| rule.doc_value(d))),
+                new: after.map(|d| rule.new_value(d)),
+                ..Vars::for_caller(caller)
+            },
+        );
+        if allow {
             Ok(())
         } else {
             Err(Error::Forbidden(format!(

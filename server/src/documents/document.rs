@@ -8,6 +8,13 @@ use super::Error;
 use crate::query::{Fields, SystemField};
 use crate::store::DocRow;
 
+/// A document as the API shows it, for a read: its version (the ETag) and its JSON text.
+#[derive(Debug)]
+pub struct DocumentJson {
+    pub version: i64,
+    pub json: Box<RawValue>,
+}
+
 /// A stored document.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Document {
@@ -176,15 +183,70 @@ impl Serialize for Document {
     }
 }
 
+fn system_value(
+    field: SystemField,
+    id: &str,
+    owner: &Option<String>,
+    created_at: &str,
+    updated_at: &str,
+    version: i64,
+) -> Value {
+    match field {
+        SystemField::Id => Value::from(id),
+        SystemField::Owner => owner.as_deref().map(Value::from).unwrap_or(Value::Null),
+        SystemField::CreatedAt => Value::from(created_at),
+        SystemField::UpdatedAt => Value::from(updated_at),
+        SystemField::Version => Value::from(version),
+    }
+}
+
+/// A stored row seen through [`Fields`], its data parsed only when a field of it is read
+/// (an owner-only rule reads `_owner` alone, and the row's text then goes out unparsed).
+pub struct RowFields<'a> {
+    row: &'a DocRow,
+    data: std::cell::OnceCell<Map<String, Value>>,
+}
+
+impl<'a> RowFields<'a> {
+    pub fn new(row: &'a DocRow) -> RowFields<'a> {
+        RowFields {
+            row,
+            data: std::cell::OnceCell::new(),
+        }
+    }
+}
+
+impl Fields for RowFields<'_> {
+    fn system(&self, field: SystemField) -> Value {
+        let r = self.row;
+        system_value(
+            field,
+            &r.id,
+            &r.owner,
+            &r.created_at,
+            &r.updated_at,
+            r.version,
+        )
+    }
+
+    fn data(&self) -> &Map<String, Value> {
+        // A row that is not an object reads as empty here; `raw_json` reports it.
+        self.data
+            .get_or_init(|| serde_json::from_str(&self.row.data).unwrap_or_default())
+    }
+}
+
 impl Fields for Document {
     fn system(&self, field: SystemField) -> Value {
-        match field {
-            SystemField::Id => Value::String(self.id.clone()),
-            SystemField::Owner => self.owner.clone().map(Value::String).unwrap_or(Value::Null),
-            SystemField::CreatedAt => Value::String(self.created_at.clone()),
-            SystemField::UpdatedAt => Value::String(self.updated_at.clone()),
-            SystemField::Version => Value::from(self.version),
-        }
+        let d = self;
+        system_value(
+            field,
+            &d.id,
+            &d.owner,
+            &d.created_at,
+            &d.updated_at,
+            d.version,
+        )
     }
 
     fn data(&self) -> &Map<String, Value> {

@@ -20,7 +20,7 @@ use super::Error;
 use super::access::{Access, Operation};
 use super::catalog::Catalog;
 use super::collection::Collection;
-use super::document::Document;
+use super::document::{Document, DocumentJson, RowFields};
 use super::hooks::{BeforeEvent, Hooks};
 use super::update::Update;
 use super::validate::{check_size, projection, validate_data};
@@ -253,7 +253,7 @@ impl Documents {
         caller: &Caller,
         collection: &str,
         id: &str,
-    ) -> Result<Document, Error> {
+    ) -> Result<DocumentJson, Error> {
         let coll = self.catalog.require(collection)?;
         self.access.precheck(caller, &coll, Operation::Get)?;
         let id = parse_doc_id(id)?;
@@ -262,9 +262,12 @@ impl Documents {
             .get_doc(coll.table, &id)
             .await?
             .ok_or(Error::NotFound)?;
-        let doc = Document::from_row(row)?;
-        self.access.check_get(caller, &coll, &doc)?;
-        Ok(doc)
+        self.access
+            .check_get(caller, &coll, &RowFields::new(&row))?;
+        Ok(DocumentJson {
+            version: row.version,
+            json: Document::raw_json(&row)?,
+        })
     }
 
     /// A page of a query.

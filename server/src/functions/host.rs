@@ -199,7 +199,8 @@ impl HostBridge {
                 let id = need(args.id, "id")?;
                 self.block(async move {
                     match docs.get(&caller, &collection, &id).await {
-                        Ok(doc) => Ok(doc.to_json()),
+                        Ok(doc) => serde_json::from_str(doc.json.get())
+                            .map_err(|e| from_documents(documents::Error::Internal(e.to_string()))),
                         Err(documents::Error::NotFound) => Ok(Value::Null),
                         Err(e) => Err(from_documents(e)),
                     }

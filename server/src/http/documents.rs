@@ -12,12 +12,16 @@ use crate::app::AppState;
 use crate::documents::document::Document;
 use crate::documents::{BatchOp, QueryPage, QueryRequest};
 
-fn with_etag(status: StatusCode, doc: &Document) -> Response {
+fn etag(version: i64) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", doc.version)) {
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
         headers.insert(header::ETAG, v);
     }
-    (status, headers, axum::Json(doc)).into_response()
+    headers
+}
+
+fn with_etag(status: StatusCode, doc: &Document) -> Response {
+    (status, etag(doc.version), axum::Json(doc)).into_response()
 }
 
 /// POST /v1/db/{collection} — create a document.
@@ -174,7 +178,7 @@ pub async fn get_document(
     PathParams((collection, id)): PathParams<(String, String)>,
 ) -> Result<Response, ApiError> {
     let doc = app.documents.get(&caller, &collection, &id).await?;
-    Ok(with_etag(StatusCode::OK, &doc))
+    Ok((etag(doc.version), axum::Json(doc.json)).into_response())
 }
 
 /// PATCH /v1/db/{collection}/{id} — merge fields or apply update operators.

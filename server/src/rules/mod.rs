@@ -8,6 +8,7 @@
 
 mod bind;
 mod check;
+pub mod fast;
 mod lower;
 pub mod playground;
 pub mod value;
@@ -110,6 +111,8 @@ pub struct Rule {
     uses: Arc<bind::Uses>,
     /// The verdict of a rule that reads no variable (`true`), decided once when compiled.
     constant: Option<bool>,
+    /// The rule's native form, when it has the common shape `fast` covers.
+    fast: Option<Arc<fast::Node>>,
 }
 
 /// Longest accepted rule source.
@@ -128,12 +131,14 @@ impl Rule {
         let program = Program::compile(source).map_err(|e| syntax_error(source, &e))?;
         check::check(&program, scope)?;
         let uses = bind::uses(program.expression());
+        let fast = fast::compile(program.expression()).map(Arc::new);
         let mut rule = Rule {
             source: source.into(),
             program: Arc::new(program),
             plan: None,
             uses: Arc::new(uses),
             constant: None,
+            fast,
         };
         if rule.uses.none() {
             rule.constant = Some(rule.evaluate(&Vars::default()).allow);
@@ -166,6 +171,26 @@ impl Rule {
             Some(allow) => allow,
             None => self.evaluate(&vars()).allow,
         }
+    }
+
+    /// Whether the rule allows `auth` this, on `doc` and `new`: natively when the rule has
+    /// the common shape (see `fast`), else through CEL with the variables `vars` builds.
+    pub fn allows_on(
+        &self,
+        auth: &Principal,
+        doc: fast::Doc<'_>,
+        new: fast::Doc<'_>,
+        vars: impl FnOnce() -> Vars,
+    ) -> bool {
+        if let Some(allow) = self.constant {
+            return allow;
+        }
+        if let Some(node) = &self.fast
+            && let Some(allow) = fast::allows(node, &fast::Input { auth, doc, new })
+        {
+            return allow;
+        }
+        self.evaluate(&vars()).allow
     }
 
     /// Evaluates the rule with the given variables (JSON; absent ones are not bound).
