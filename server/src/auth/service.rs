@@ -87,7 +87,7 @@ pub struct Auth {
     pub(super) passwords: Passwords,
     pub(super) limiter: RateLimiter,
     pub(super) mailer: Arc<Mailer>,
-    sessions: RwLock<HashMap<String, Verdict>>,
+    sessions: RwLock<HashMap<String, Arc<Verdict>>>,
     /// Outbound HTTP (OAuth, WeChat), built on first use: loading the TLS roots costs
     /// milliseconds at start-up that a server without providers never needs.
     http: std::sync::OnceLock<Result<reqwest::Client, String>>,
@@ -228,7 +228,7 @@ impl Auth {
         let verdict = match cached {
             Some(v) => v,
             None => {
-                let verdict = self.check_session(&claims.sid).await?;
+                let verdict = Arc::new(self.check_session(&claims.sid).await?);
                 if let Ok(mut map) = self.sessions.write() {
                     if map.len() > 100_000 {
                         map.clear();
@@ -238,12 +238,12 @@ impl Auth {
                 verdict
             }
         };
-        match verdict.principal {
+        match &verdict.principal {
             Some(p)
                 if verdict.user_id == claims.sub
                     && matches!(p, Principal::Admin { .. }) == claims.adm =>
             {
-                Ok((p, claims.exp))
+                Ok((p.clone(), claims.exp))
             }
             _ => Err(Error::Unauthenticated("the session has ended".into())),
         }

@@ -52,7 +52,7 @@ pub struct Tokens {
     issuer: String,
     ttl: Duration,
     validation: Validation,
-    cache: RwLock<HashMap<Box<str>, AccessClaims>>,
+    cache: RwLock<HashMap<Box<str>, Arc<AccessClaims>>>,
 }
 
 pub(crate) fn unix_now() -> i64 {
@@ -111,7 +111,7 @@ impl Tokens {
     }
 
     /// Verifies a token and returns its claims.
-    pub fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
+    pub fn verify(&self, token: &str) -> Result<Arc<AccessClaims>, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Invalid);
         }
@@ -129,7 +129,7 @@ impl Tokens {
                     jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
                     _ => TokenError::Invalid,
                 })?;
-        let claims = data.claims;
+        let claims = Arc::new(data.claims);
         if claims.sub.is_empty() || claims.sid.is_empty() {
             return Err(TokenError::Invalid);
         }
@@ -142,7 +142,7 @@ impl Tokens {
         Ok(claims)
     }
 
-    fn cached(&self, token: &str) -> Option<AccessClaims> {
+    fn cached(&self, token: &str) -> Option<Arc<AccessClaims>> {
         self.cache.read().ok()?.get(token).cloned()
     }
 
