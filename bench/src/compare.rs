@@ -876,6 +876,20 @@ fn cell(v: Option<f64>) -> String {
 }
 
 pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
+    const SCENARIOS: [&str; 6] = ["create", "hook", "call", "get", "list", "realtime"];
+    for s in &args.systems {
+        ensure!(
+            s == "ferrobase" || s == "pocketbase",
+            "unknown system `{s}` (ferrobase, pocketbase)"
+        );
+    }
+    for s in &args.scenarios {
+        ensure!(
+            SCENARIOS.contains(&s.as_str()),
+            "unknown scenario `{s}` ({})",
+            SCENARIOS.join(", ")
+        );
+    }
     ensure!(
         !args.systems.iter().any(|s| s == "pocketbase")
             || std::path::Path::new(&args.pocketbase).exists(),
