@@ -81,34 +81,19 @@ fn parse_json(text: Option<&str>) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// The handler a change sets off: (kind, key, payload).
-fn trigger_for(row: &ChangeRow) -> Option<(Kind, String, Value)> {
+/// The handler a change sets off: (kind, key). Its payload is built only when a deployed
+/// version listens (`trigger_payload`): parsing every change's documents for handlers that
+/// do not exist was 7 % of a create's instructions.
+fn trigger_key(row: &ChangeRow) -> Option<(Kind, String)> {
     if row.collection == crate::auth::AUTH_EVENTS {
-        let user = match parse_json(row.after.as_deref()) {
-            Value::Null => json!({ "id": row.doc_id }),
-            user => user,
-        };
-        return Some((
-            Kind::Auth,
-            row.op.clone(),
-            json!({ "op": row.op, "user": user, "seq": row.seq }),
-        ));
+        return Some((Kind::Auth, row.op.clone()));
     }
     if let Some(bucket) = row.collection.strip_prefix("storage/") {
-        let key = match row.op.as_str() {
-            "upload" => format!("afterUpload:{bucket}"),
-            "delete" => format!("afterObjectDelete:{bucket}"),
-            _ => return None,
+        return match row.op.as_str() {
+            "upload" => Some((Kind::Trigger, format!("afterUpload:{bucket}"))),
+            "delete" => Some((Kind::Trigger, format!("afterObjectDelete:{bucket}"))),
+            _ => None,
         };
-        return Some((
-            Kind::Trigger,
-            key,
-            json!({
-                "bucket": bucket, "key": row.doc_id, "op": row.op,
-                "object": parse_json(row.after.as_deref()),
-                "before": parse_json(row.before.as_deref()), "seq": row.seq,
-            }),
-        ));
     }
     let key = match row.op.as_str() {
         "create" => "afterCreate",
@@ -116,15 +101,30 @@ fn trigger_for(row: &ChangeRow) -> Option<(Kind, String, Value)> {
         "delete" => "afterDelete",
         _ => return None,
     };
-    Some((
-        Kind::Trigger,
-        format!("{key}:{}", row.collection),
-        json!({
-            "collection": row.collection, "op": row.op, "id": row.doc_id,
-            "doc": parse_json(row.after.as_deref()),
+    Some((Kind::Trigger, format!("{key}:{}", row.collection)))
+}
+
+/// The event a handler of `trigger_key(row)` receives.
+fn trigger_payload(row: &ChangeRow) -> Value {
+    if row.collection == crate::auth::AUTH_EVENTS {
+        let user = match parse_json(row.after.as_deref()) {
+            Value::Null => json!({ "id": row.doc_id }),
+            user => user,
+        };
+        return json!({ "op": row.op, "user": user, "seq": row.seq });
+    }
+    if let Some(bucket) = row.collection.strip_prefix("storage/") {
+        return json!({
+            "bucket": bucket, "key": row.doc_id, "op": row.op,
+            "object": parse_json(row.after.as_deref()),
             "before": parse_json(row.before.as_deref()), "seq": row.seq,
-        }),
-    ))
+        });
+    }
+    json!({
+        "collection": row.collection, "op": row.op, "id": row.doc_id,
+        "doc": parse_json(row.after.as_deref()),
+        "before": parse_json(row.before.as_deref()), "seq": row.seq,
+    })
 }
 
 impl Functions {
@@ -208,7 +208,7 @@ impl Functions {
     fn trigger_jobs(&self, rows: &[ChangeRow]) -> Vec<JobRow> {
         let mut jobs = Vec::new();
         for row in rows {
-            let Some((kind, key, payload)) = trigger_for(row) else {
+            let Some((kind, key)) = trigger_key(row) else {
                 continue;
             };
             let principal = actor_principal(row.actor.as_deref());
@@ -235,7 +235,7 @@ impl Functions {
                 &key,
                 kind,
                 version.code.version,
-                payload.to_string(),
+                trigger_payload(row).to_string(),
                 &principal,
                 depth,
             ));
