@@ -158,40 +158,33 @@ fn eval<'a>(node: &'a Node, input: &Input<'a>) -> Result<Out<'a>, GiveUp> {
                 _ => Err(()),
             }
         }
-        Node::And(a, b) => {
-            let left = as_bool(eval(a, input)?);
-            if left == Ok(false) {
-                return Ok(Ok(V::Bool(false)));
-            }
-            let right = eval(b, input)?;
-            let right = match right {
-                Err(()) => return Ok(Err(())),
-                Ok(V::Bool(r)) => Some(r),
-                Ok(_) => None,
-            };
-            match (left, right) {
-                (Ok(true), Some(r)) => Ok(V::Bool(r)),
-                (Err(()), Some(false)) => Ok(V::Bool(false)),
-                _ => Err(()),
-            }
-        }
-        Node::Or(a, b) => {
-            let left = as_bool(eval(a, input)?);
-            if left == Ok(true) {
-                return Ok(Ok(V::Bool(true)));
-            }
-            let right = eval(b, input)?;
-            let right = match right {
-                Err(()) => return Ok(Err(())),
-                Ok(V::Bool(r)) => Some(r),
-                Ok(_) => None,
-            };
-            match (left, right) {
-                (Ok(false), Some(r)) => Ok(V::Bool(r)),
-                (Err(()), Some(true)) => Ok(V::Bool(true)),
-                _ => Err(()),
-            }
-        }
+        Node::And(a, b) => logical(a, b, input, false)?,
+        Node::Or(a, b) => logical(a, b, input, true)?,
+    })
+}
+
+/// CEL's `&&` (`decisive` false) and `||` (`decisive` true): a decisive left side ends it;
+/// else an error on the right is the result; a decisive right side absorbs an error on the
+/// left; anything but booleans is an error.
+fn logical<'a>(
+    a: &'a Node,
+    b: &'a Node,
+    input: &Input<'a>,
+    decisive: bool,
+) -> Result<Out<'a>, GiveUp> {
+    let left = as_bool(eval(a, input)?);
+    if left == Ok(decisive) {
+        return Ok(Ok(V::Bool(decisive)));
+    }
+    let right = match eval(b, input)? {
+        Err(()) => return Ok(Err(())),
+        Ok(V::Bool(r)) => Some(r),
+        Ok(_) => None,
+    };
+    Ok(match (left, right) {
+        (Ok(_), Some(r)) => Ok(V::Bool(r)),
+        (Err(()), Some(r)) if r == decisive => Ok(V::Bool(r)),
+        _ => Err(()),
     })
 }
 
