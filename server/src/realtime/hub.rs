@@ -256,16 +256,29 @@ impl Hub {
         state.position
     }
 
-    pub fn position(&self) -> i64 {
-        self.lock().position
-    }
-
     pub fn access(&self) -> &Access {
         &self.access
     }
 
     pub fn catalog(&self) -> &Arc<Catalog> {
         &self.catalog
+    }
+
+    /// Where the tailer must read from to reach `target` (a committed seq), or `None` when
+    /// there is nothing to read: it is there already, or no one subscribes, in which case it
+    /// moves there without reading. A subscription registered later starts after `target`
+    /// and replays anything older from the log itself, so skipping loses no event, and a
+    /// server without subscribers does not read back every change it writes.
+    fn unread(&self, target: i64) -> Option<i64> {
+        let mut state = self.lock();
+        if state.position >= target {
+            return None;
+        }
+        if state.count == 0 {
+            state.position = target;
+            return None;
+        }
+        Some(state.position)
     }
 
     /// Dispatches changes in order (the tailer's job).
@@ -295,11 +308,7 @@ impl Hub {
         let mut commits = changes.subscribe();
         loop {
             let target = *commits.borrow_and_update();
-            loop {
-                let from = self.position();
-                if from >= target {
-                    break;
-                }
+            while let Some(from) = self.unread(target) {
                 match changes.after(from, 1000).await {
                     Ok(rows) if rows.is_empty() => break,
                     Ok(rows) => {
