@@ -19,6 +19,7 @@ on_both_backends!(
     storage_from_functions_keeps_the_bucket_rules,
     object_and_auth_triggers_fire_with_their_payload,
     writes_nobody_listens_to_cost_one_commit,
+    after_triggers_apply_from_the_version_that_brings_them,
 );
 
 const APP: &str = r#"
@@ -305,6 +306,97 @@ async fn writes_nobody_listens_to_cost_one_commit(backend: Backend) {
     let (_, page) = s.svc_get("/v1/db/audit?limit=10").await;
     assert_eq!(page["items"].as_array().unwrap().len(), 1, "{page}");
     assert_eq!(audit[0]["id"], id.as_str());
+    s.assert_healthy().await;
+}
+
+const AUDIT_CREATES: &str = r#"
+import { fb } from "ferrobase";
+fb.beforeCreate("todos", (e) => { e.data.checked = true; });
+fb.afterCreate("todos", async (e, ctx) => { await ctx.admin.db.collection("audit").add({ id: e.id }); });
+"#;
+
+async fn audited(s: &TestServer) -> Vec<String> {
+    let (_, page) = s.svc_get("/v1/db/audit?limit=100").await;
+    let mut ids: Vec<String> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// While no live version has an after-trigger, the pump skips the change log without
+/// reading it; a version that brings one applies to the writes after it goes live, and
+/// only to those, however often live switches between the two.
+async fn after_triggers_apply_from_the_version_that_brings_them(backend: Backend) {
+    let s = Options::new(backend)
+        .function_file(
+            "main.js",
+            "import { fb } from 'ferrobase'; fb.beforeCreate('todos', (e) => { e.data.checked = true; });",
+        )
+        .start()
+        .await;
+    s.collection("todos", json!({"rules": {"create": "true"}}))
+        .await;
+    s.collection("audit", json!({})).await;
+    let write_some = |n: usize| {
+        let s = &s;
+        async move {
+            for i in 0..n {
+                let doc = s.create("todos", json!({ "i": i })).await;
+                assert_eq!(doc["checked"], true, "{doc}");
+            }
+        }
+    };
+    write_some(30).await;
+    // Let the pump pass those writes (it skips them: nothing listens).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, deployed) = s
+        .svc_json(
+            Method::POST,
+            "/v1/admin/functions/versions",
+            json!({"files": {"main.js": AUDIT_CREATES}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{deployed}");
+    let first = s.create("todos", json!({"n": "first"})).await;
+    let first = first["_id"].as_str().unwrap().to_owned();
+    eventually(Duration::from_secs(10), || async {
+        (!audited(&s).await.is_empty()).then_some(())
+    })
+    .await;
+
+    // Back to a version without after-triggers: writes go unaudited.
+    let (status, body) = s
+        .svc_json(
+            Method::PUT,
+            "/v1/admin/functions/aliases/live",
+            json!({"weights": {"1": 100}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    write_some(10).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, body) = s
+        .svc_json(
+            Method::PUT,
+            "/v1/admin/functions/aliases/live",
+            json!({"weights": {"2": 100}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let second = s.create("todos", json!({"n": "second"})).await;
+    let second = second["_id"].as_str().unwrap().to_owned();
+    eventually(Duration::from_secs(10), || async {
+        (audited(&s).await.len() >= 2).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut expected = vec![first, second];
+    expected.sort();
+    assert_eq!(audited(&s).await, expected);
     s.assert_healthy().await;
 }
 

@@ -125,26 +125,38 @@ pub struct Routes {
     pub aliases: HashMap<String, Weights>,
     /// `beforeCreate:todos` and friends that some version behind `live` registers.
     before: HashSet<String>,
+    /// Whether some version behind `live` handles a change after it commits (an
+    /// after-trigger or an auth event); when none does, the trigger pump skips the log.
+    after: bool,
 }
 
 impl Routes {
     pub fn new(versions: HashMap<i64, Arc<Version>>, aliases: HashMap<String, Weights>) -> Self {
-        let before = aliases
+        let live: Vec<&Arc<Version>> = aliases
             .get("live")
-            .map(|w| {
-                w.versions()
-                    .filter_map(|v| versions.get(&v))
-                    .flat_map(|v| v.manifest.triggers.iter())
-                    .filter(|t| t.starts_with("before"))
-                    .cloned()
-                    .collect()
-            })
+            .map(|w| w.versions().filter_map(|v| versions.get(&v)).collect())
             .unwrap_or_default();
+        let before = live
+            .iter()
+            .flat_map(|v| v.manifest.triggers.iter())
+            .filter(|t| t.starts_with("before"))
+            .cloned()
+            .collect();
+        let after = live.iter().any(|v| {
+            !v.manifest.auth.is_empty()
+                || v.manifest.triggers.iter().any(|t| !t.starts_with("before"))
+        });
         Routes {
             versions,
             aliases,
             before,
+            after,
         }
+    }
+
+    /// Whether a committed change may set off a handler (see `after`).
+    pub fn has_after(&self) -> bool {
+        self.after
     }
 
     pub fn route(&self, alias: &str, sticky: &str) -> Option<Arc<Version>> {
