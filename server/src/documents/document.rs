@@ -15,6 +15,14 @@ pub struct DocumentJson {
     pub json: Box<RawValue>,
 }
 
+/// A document as a write left it, with its JSON text: what the change log records and the
+/// write answers (sent as is, not serialized a second time).
+#[derive(Debug, Clone)]
+pub struct Saved {
+    pub doc: Document,
+    pub json: String,
+}
+
 /// A stored document.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Document {
@@ -98,20 +106,16 @@ impl Document {
                 row.id
             ))
         };
-        let rest = row.data.trim_start().strip_prefix('{').ok_or_else(bad)?;
-        let mut out: Vec<u8> = Vec::with_capacity(row.data.len() + 160);
-        put(&mut out, "{\"_id\":", &row.id);
-        put(&mut out, ",\"_owner\":", &row.owner);
-        put(&mut out, ",\"_created_at\":", &row.created_at);
-        put(&mut out, ",\"_updated_at\":", &row.updated_at);
-        put(&mut out, ",\"_version\":", &row.version);
-        let rest = rest.trim_start();
-        if !rest.starts_with('}') {
-            out.push(b',');
-        }
-        out.extend_from_slice(rest.as_bytes());
-        let text = String::from_utf8(out).map_err(|_| bad())?;
+        let text = splice(row).ok_or_else(bad)?;
         RawValue::from_string(text).map_err(|_| bad())
+    }
+
+    /// The row to store and the document's JSON text (the same as
+    /// [`Document::to_json_string`]), the data serialized once for both.
+    pub fn to_row_and_json(&self) -> (DocRow, String) {
+        let row = self.to_row();
+        let json = splice(&row).unwrap_or_else(|| self.to_json_string());
+        (row, json)
     }
 
     /// The document as the API shows it: system fields first, then the data.
@@ -162,6 +166,23 @@ fn insert_path(out: &mut Map<String, Value>, path: &[String], value: Value) {
 }
 
 /// Appends `name` (raw JSON text) and `value` as JSON.
+/// The API's JSON text of a row: the system fields, then the data's text after its `{`;
+/// `None` when the data does not start like an object. Not validated here.
+fn splice(row: &DocRow) -> Option<String> {
+    let rest = row.data.trim_start().strip_prefix('{')?.trim_start();
+    let mut out: Vec<u8> = Vec::with_capacity(row.data.len() + 160);
+    put(&mut out, "{\"_id\":", &row.id);
+    put(&mut out, ",\"_owner\":", &row.owner);
+    put(&mut out, ",\"_created_at\":", &row.created_at);
+    put(&mut out, ",\"_updated_at\":", &row.updated_at);
+    put(&mut out, ",\"_version\":", &row.version);
+    if !rest.starts_with('}') {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest.as_bytes());
+    String::from_utf8(out).ok()
+}
+
 fn put<T: Serialize + ?Sized>(out: &mut Vec<u8>, name: &str, value: &T) {
     out.extend_from_slice(name.as_bytes());
     // Strings, options and integers always serialize, and a Vec does not fail to grow.
@@ -283,6 +304,8 @@ mod tests {
         for d in [doc(), owned, empty] {
             let raw = Document::raw_json(&d.to_row()).unwrap();
             assert_eq!(raw.get(), d.to_json_string());
+            let (row, json) = d.to_row_and_json();
+            assert_eq!((row, json), (d.to_row(), d.to_json_string()));
         }
         // Postgres hands back JSONB text with spaces: spliced as is, still the same value.
         let mut row = doc().to_row();

@@ -20,7 +20,7 @@ use super::Error;
 use super::access::{Access, Operation};
 use super::catalog::Catalog;
 use super::collection::Collection;
-use super::document::{Document, DocumentJson, RowFields};
+use super::document::{Document, DocumentJson, RowFields, Saved};
 use super::hooks::{BeforeEvent, Hooks};
 use super::update::Update;
 use super::validate::{check_size, projection, validate_data};
@@ -69,15 +69,15 @@ enum Prepared {
 /// What a write did.
 #[derive(Debug, Clone)]
 pub enum BatchResult {
-    Created(Document),
-    Updated(Document),
+    Created(Saved),
+    Updated(Saved),
     Deleted(String),
 }
 
 impl BatchResult {
     pub fn to_json(&self) -> Value {
         match self {
-            BatchResult::Created(doc) | BatchResult::Updated(doc) => doc.to_json(),
+            BatchResult::Created(saved) | BatchResult::Updated(saved) => saved.doc.to_json(),
             BatchResult::Deleted(id) => serde_json::json!({"_id": id, "deleted": true}),
         }
     }
@@ -406,10 +406,10 @@ impl Documents {
         caller: &Caller,
         collection: &str,
         body: Value,
-    ) -> Result<Document, Error> {
+    ) -> Result<Saved, Error> {
         let coll = self.catalog.require(collection)?;
         let op = self.prepare_create(caller, coll, body).await?;
-        self.run_one(caller, op).await.and_then(into_doc)
+        self.run_one(caller, op).await.and_then(into_saved)
     }
 
     /// Applies an update (merge or operators).
@@ -420,12 +420,12 @@ impl Documents {
         id: &str,
         body: Value,
         if_match: Option<i64>,
-    ) -> Result<Document, Error> {
+    ) -> Result<Saved, Error> {
         let coll = self.catalog.require(collection)?;
         let op = self
             .prepare_update(caller, coll, id, body, if_match)
             .await?;
-        self.run_one(caller, op).await.and_then(into_doc)
+        self.run_one(caller, op).await.and_then(into_saved)
     }
 
     /// Replaces a document's data (creating it with `upsert`); true when it was created.
@@ -437,14 +437,14 @@ impl Documents {
         body: Value,
         if_match: Option<i64>,
         upsert: bool,
-    ) -> Result<(Document, bool), Error> {
+    ) -> Result<(Saved, bool), Error> {
         let coll = self.catalog.require(collection)?;
         let op = self
             .prepare_replace(caller, coll, id, body, if_match, upsert)
             .await?;
         match self.run_one(caller, op).await? {
-            BatchResult::Created(doc) => Ok((doc, true)),
-            BatchResult::Updated(doc) => Ok((doc, false)),
+            BatchResult::Created(saved) => Ok((saved, true)),
+            BatchResult::Updated(saved) => Ok((saved, false)),
             BatchResult::Deleted(_) => Err(Error::Internal("BUG: replace deleted".into())),
         }
     }
@@ -702,9 +702,9 @@ impl Documents {
     }
 }
 
-fn into_doc(result: BatchResult) -> Result<Document, Error> {
+fn into_saved(result: BatchResult) -> Result<Saved, Error> {
     match result {
-        BatchResult::Created(doc) | BatchResult::Updated(doc) => Ok(doc),
+        BatchResult::Created(saved) | BatchResult::Updated(saved) => Ok(saved),
         BatchResult::Deleted(_) => Err(Error::Internal("BUG: a create or update deleted".into())),
     }
 }
@@ -769,8 +769,11 @@ async fn execute(
     match op {
         Prepared::Create { coll, doc } => {
             access.check_write(caller, coll, Operation::Create, None, Some(doc))?;
-            insert(tx, coll, doc, actor.as_deref()).await?;
-            Ok(BatchResult::Created(doc.clone()))
+            let json = insert(tx, coll, doc, actor.as_deref()).await?;
+            Ok(BatchResult::Created(Saved {
+                doc: doc.clone(),
+                json,
+            }))
         }
         Prepared::Update {
             coll,
@@ -791,8 +794,8 @@ async fn execute(
                 ..before.clone()
             };
             access.check_write(caller, coll, Operation::Update, Some(&before), Some(&after))?;
-            overwrite(tx, coll, &before, &after, actor.as_deref()).await?;
-            Ok(BatchResult::Updated(after))
+            let json = overwrite(tx, coll, &before, &after, actor.as_deref()).await?;
+            Ok(BatchResult::Updated(Saved { doc: after, json }))
         }
         Prepared::Replace {
             coll,
@@ -819,8 +822,8 @@ async fn execute(
                         data: data.clone(),
                     };
                     access.check_write(caller, coll, Operation::Create, None, Some(&doc))?;
-                    insert(tx, coll, &doc, actor.as_deref()).await?;
-                    Ok(BatchResult::Created(doc))
+                    let json = insert(tx, coll, &doc, actor.as_deref()).await?;
+                    Ok(BatchResult::Created(Saved { doc, json }))
                 }
                 Some(before) => {
                     let after = Document {
@@ -837,8 +840,8 @@ async fn execute(
                         Some(&before),
                         Some(&after),
                     )?;
-                    overwrite(tx, coll, &before, &after, actor.as_deref()).await?;
-                    Ok(BatchResult::Updated(after))
+                    let json = overwrite(tx, coll, &before, &after, actor.as_deref()).await?;
+                    Ok(BatchResult::Updated(Saved { doc: after, json }))
                 }
             }
         }
@@ -863,15 +866,15 @@ async fn execute(
     }
 }
 
+/// Inserts `doc` and its change; returns its JSON text.
 async fn insert(
     tx: &mut dyn Tx,
     coll: &Collection,
     doc: &Document,
     actor: Option<&str>,
-) -> Result<(), Error> {
-    let row = doc.to_row();
+) -> Result<String, Error> {
+    let (row, after) = doc.to_row_and_json();
     check_size(&row.data)?;
-    let after = doc.to_json_string();
     let change = NewChange {
         collection: &coll.name,
         doc_id: &doc.id,
@@ -884,20 +887,20 @@ async fn insert(
     tx.insert_doc(coll.table_ref(), &row, &change)
         .await
         .map_err(|e| conflict(coll, e))?;
-    Ok(())
+    Ok(after)
 }
 
+/// Replaces `before` with `after` and records the change; returns `after`'s JSON text.
 async fn overwrite(
     tx: &mut dyn Tx,
     coll: &Collection,
     before: &Document,
     after: &Document,
     actor: Option<&str>,
-) -> Result<(), Error> {
-    let row = after.to_row();
+) -> Result<String, Error> {
+    let (row, after_json) = after.to_row_and_json();
     check_size(&row.data)?;
     let before_json = before.to_json_string();
-    let after_json = after.to_json_string();
     let change = NewChange {
         collection: &coll.name,
         doc_id: &after.id,
@@ -910,7 +913,7 @@ async fn overwrite(
     tx.update_doc(coll.table_ref(), &row, &change)
         .await
         .map_err(|e| conflict(coll, e))?;
-    Ok(())
+    Ok(after_json)
 }
 
 /// Names the fields of a violated unique constraint.
@@ -1014,7 +1017,8 @@ mod tests {
         let created = docs
             .create(&p, "hooked", json!({"title": "milk"}))
             .await
-            .unwrap();
+            .unwrap()
+            .doc;
         assert_eq!(created.data["title"], "MILK");
         let seq = store.last_seq().await.unwrap();
         let err = docs
@@ -1042,7 +1046,8 @@ mod tests {
                 None,
             )
             .await
-            .unwrap();
+            .unwrap()
+            .doc;
         assert_eq!(
             updated.data["title"], "EGGS",
             "hooks see and may change updates too"
@@ -1050,7 +1055,8 @@ mod tests {
         let plain = docs
             .create(&p, "plain", json!({"title": "milk"}))
             .await
-            .unwrap();
+            .unwrap()
+            .doc;
         assert_eq!(
             plain.data["title"], "milk",
             "collections without hooks are untouched"
@@ -1070,7 +1076,8 @@ mod tests {
                 json!({"a": 1}),
             )
             .await
-            .unwrap();
+            .unwrap()
+            .doc;
         tokio::time::timeout(std::time::Duration::from_secs(5), commits.changed())
             .await
             .unwrap()

@@ -230,7 +230,7 @@ impl HostBridge {
                 self.block(async move {
                     docs.create(&caller, &collection, data)
                         .await
-                        .map(|d| d.to_json())
+                        .map(|s| s.doc.to_json())
                         .map_err(from_documents)
                 })
             }
@@ -240,7 +240,7 @@ impl HostBridge {
                 self.block(async move {
                     docs.replace(&caller, &collection, &id, data, None, true)
                         .await
-                        .map(|(d, _)| d.to_json())
+                        .map(|(s, _)| s.doc.to_json())
                         .map_err(from_documents)
                 })
             }
@@ -250,7 +250,7 @@ impl HostBridge {
                 self.block(async move {
                     docs.update(&caller, &collection, &id, data, None)
                         .await
-                        .map(|d| d.to_json())
+                        .map(|s| s.doc.to_json())
                         .map_err(from_documents)
                 })
             }
