@@ -14,7 +14,8 @@ pub mod update;
 pub mod validate;
 
 pub use service::{
-    BatchOp, BatchResult, Documents, QueryPage, QueryRequest, WriteKind, parse_doc_id,
+    BatchOp, BatchResult, Documents, QueryPage, QueryRequest, WriteKind, parse_doc_id, push_json,
+    push_json_array,
 };
 
 use serde_json::Value;

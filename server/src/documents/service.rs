@@ -115,14 +115,58 @@ pub struct QueryRequest {
 }
 
 /// A page of results.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, utoipa::ToSchema)]
 pub struct QueryPage {
-    /// Documents as JSON text (see [`Document::raw_json`]).
+    /// Documents as JSON text (see [`Document::json_text`]).
     #[schema(value_type = Vec<Object>)]
-    pub items: Vec<Box<serde_json::value::RawValue>>,
+    pub items: Vec<String>,
     pub next_cursor: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Present when asked for.
     pub count: Option<u64>,
+}
+
+impl QueryPage {
+    /// `{"items": [...], "next_cursor": ..., "count": ...}` (`count` only when counted), the
+    /// documents' text copied in as it is.
+    pub fn to_json(&self) -> String {
+        let mut out =
+            String::with_capacity(64 + self.items.iter().map(|i| i.len() + 1).sum::<usize>());
+        out.push_str("{\"items\":");
+        push_json_array(&mut out, &self.items);
+        out.push_str(",\"next_cursor\":");
+        push_json(&mut out, &self.next_cursor);
+        if let Some(count) = self.count {
+            out.push_str(",\"count\":");
+            push_json(&mut out, &count);
+        }
+        out.push('}');
+        out
+    }
+
+    /// The page as a JSON value (for cloud code).
+    pub fn to_value(&self) -> Result<Value, Error> {
+        serde_json::from_str(&self.to_json())
+            .map_err(|e| Error::Internal(format!("BUG: a page is not JSON: {e}")))
+    }
+}
+
+/// Appends `[a,b,…]` of JSON texts.
+pub fn push_json_array(out: &mut String, items: &[String]) {
+    out.push('[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(item);
+    }
+    out.push(']');
+}
+
+/// Appends `value` as JSON (strings, numbers and options of them do not fail).
+pub fn push_json<T: serde::Serialize + ?Sized>(out: &mut String, value: &T) {
+    if let Ok(text) = serde_json::to_string(value) {
+        out.push_str(&text);
+    }
 }
 
 /// A checked query, ready for the store.
@@ -266,7 +310,7 @@ impl Documents {
             .check_get(caller, &coll, &RowFields::new(&row))?;
         Ok(DocumentJson {
             version: row.version,
-            json: Document::raw_json(&row)?,
+            json: Document::json_text(&row)?,
         })
     }
 
@@ -305,13 +349,13 @@ impl Documents {
                 .into_iter()
                 .map(|row| {
                     let projected = Document::from_row(row)?.project(fields);
-                    serde_json::value::to_raw_value(&projected)
+                    serde_json::to_string(&projected)
                         .map_err(|e| Error::Internal(format!("projecting: {e}")))
                 })
                 .collect::<Result<_, _>>()?,
             None => rows
                 .iter()
-                .map(Document::raw_json)
+                .map(Document::json_text)
                 .collect::<Result<_, _>>()?,
         };
         Ok(QueryPage {

@@ -199,7 +199,7 @@ impl HostBridge {
                 let id = need(args.id, "id")?;
                 self.block(async move {
                     match docs.get(&caller, &collection, &id).await {
-                        Ok(doc) => serde_json::from_str(doc.json.get())
+                        Ok(doc) => serde_json::from_str(&doc.json)
                             .map_err(|e| from_documents(documents::Error::Internal(e.to_string()))),
                         Err(documents::Error::NotFound) => Ok(Value::Null),
                         Err(e) => Err(from_documents(e)),
@@ -221,7 +221,7 @@ impl HostBridge {
                         .query(&caller, &collection, req)
                         .await
                         .map_err(from_documents)?;
-                    serde_json::to_value(page)
+                    page.to_value()
                         .map_err(|_| host_error(500, "internal", "internal error"))
                 })
             }

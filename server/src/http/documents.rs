@@ -21,6 +21,16 @@ fn etag(version: i64, more: usize) -> HeaderMap {
     headers
 }
 
+/// A page of documents: its text is assembled from the documents' stored text.
+fn page_response(page: &QueryPage) -> Response {
+    let mut response = Response::new(axum::body::Body::from(page.to_json()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
 /// A write's answer: the document's JSON text as the write recorded it, with its ETag.
 fn saved(status: StatusCode, saved: Saved) -> Response {
     json_text(status, saved.doc.version, saved.json)
@@ -92,7 +102,7 @@ pub async fn list_documents(
     CallerAuth(caller): CallerAuth,
     PathParams(collection): PathParams<String>,
     QueryParams(params): QueryParams<ListParams>,
-) -> Result<axum::Json<QueryPage>, ApiError> {
+) -> Result<Response, ApiError> {
     let filter = match params.filter.as_deref() {
         None | Some("") => Value::Null,
         Some(text) => serde_json::from_str(text)
@@ -114,7 +124,7 @@ pub async fn list_documents(
             },
         )
         .await?;
-    Ok(axum::Json(page))
+    Ok(page_response(&page))
 }
 
 /// A list of names, given as `"a,b"` or `["a", "b"]`.
@@ -162,7 +172,7 @@ pub async fn query_documents(
     CallerAuth(caller): CallerAuth,
     PathParams(collection): PathParams<String>,
     Json(body): Json<QueryBody>,
-) -> Result<axum::Json<QueryPage>, ApiError> {
+) -> Result<Response, ApiError> {
     let page = app
         .documents
         .query(
@@ -179,7 +189,7 @@ pub async fn query_documents(
             },
         )
         .await?;
-    Ok(axum::Json(page))
+    Ok(page_response(&page))
 }
 
 /// GET /v1/db/{collection}/{id} — read one document.
@@ -194,11 +204,7 @@ pub async fn get_document(
     PathParams((collection, id)): PathParams<(String, String)>,
 ) -> Result<Response, ApiError> {
     let doc = app.documents.get(&caller, &collection, &id).await?;
-    Ok(json_text(
-        StatusCode::OK,
-        doc.version,
-        String::from(Box::<str>::from(doc.json)),
-    ))
+    Ok(json_text(StatusCode::OK, doc.version, doc.json))
 }
 
 /// PATCH /v1/db/{collection}/{id} — merge fields or apply update operators.

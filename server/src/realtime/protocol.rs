@@ -84,25 +84,17 @@ pub fn unsubscribed(id: &str) -> String {
     json!({"type": "unsubscribed", "id": id}).to_string()
 }
 
-pub fn snapshot(
-    id: &str,
-    items: Vec<Box<serde_json::value::RawValue>>,
-    next_cursor: Option<String>,
-) -> String {
-    #[derive(serde::Serialize)]
-    struct Snapshot<'a> {
-        r#type: &'static str,
-        id: &'a str,
-        items: Vec<Box<serde_json::value::RawValue>>,
-        next_cursor: Option<String>,
-    }
-    serde_json::to_string(&Snapshot {
-        r#type: "snapshot",
-        id,
-        items,
-        next_cursor,
-    })
-    .unwrap_or_default()
+pub fn snapshot(id: &str, items: &[String], next_cursor: &Option<String>) -> String {
+    use crate::documents::{push_json, push_json_array};
+    let mut out = String::with_capacity(64 + items.iter().map(|i| i.len() + 1).sum::<usize>());
+    out.push_str("{\"type\":\"snapshot\",\"id\":");
+    push_json(&mut out, id);
+    out.push_str(",\"items\":");
+    push_json_array(&mut out, items);
+    out.push_str(",\"next_cursor\":");
+    push_json(&mut out, next_cursor);
+    out.push('}');
+    out
 }
 
 /// An event; `id_json` is the subscription id as JSON text and `doc` the document as JSON

@@ -503,7 +503,7 @@ impl Session {
                 )
                 .await?;
             self.conn
-                .push_wait(protocol::snapshot(&spec.id, page.items, page.next_cursor))
+                .push_wait(protocol::snapshot(&spec.id, &page.items, &page.next_cursor))
                 .await;
         }
         Ok(())
