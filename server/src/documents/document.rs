@@ -54,9 +54,10 @@ impl Document {
         })
     }
 
-    /// The inverse of [`Document::to_json_string`] (the change log stores documents so).
+    /// The inverse of [`Document::to_json_string`] (the change log stores documents so, and
+    /// pages are read so).
     pub fn from_json_str(text: &str) -> Result<Document, Error> {
-        let bad = || Error::Internal("BUG: a change-log document is malformed".into());
+        let bad = || Error::Internal("BUG: a document's JSON text is malformed".into());
         let Ok(Value::Object(mut map)) = serde_json::from_str::<Value>(text) else {
             return Err(bad());
         };
@@ -101,7 +102,7 @@ impl Document {
     /// only the server writes it, from its own serializer (or Postgres from `jsonb`), and
     /// parsing it again to validate it was 16 % of a 50-document list.
     pub fn json_text(row: &DocRow) -> Result<String, Error> {
-        splice(row).ok_or_else(|| {
+        row.to_json().ok_or_else(|| {
             Error::Internal(format!(
                 "BUG: stored document {} is not a JSON object",
                 row.id
@@ -113,7 +114,7 @@ impl Document {
     /// [`Document::to_json_string`]), the data serialized once for both.
     pub fn to_row_and_json(&self) -> (DocRow, String) {
         let row = self.to_row();
-        let json = splice(&row).unwrap_or_else(|| self.to_json_string());
+        let json = row.to_json().unwrap_or_else(|| self.to_json_string());
         (row, json)
     }
 
@@ -165,32 +166,6 @@ fn insert_path(out: &mut Map<String, Value>, path: &[String], value: Value) {
 }
 
 /// Appends `name` (raw JSON text) and `value` as JSON.
-/// The API's JSON text of a row: the system fields, then the data's text after its `{`;
-/// `None` when the data is not braced like an object. Not parsed.
-fn splice(row: &DocRow) -> Option<String> {
-    let rest = row.data.trim().strip_prefix('{')?.trim_start();
-    if !rest.ends_with('}') {
-        return None;
-    }
-    let mut out: Vec<u8> = Vec::with_capacity(row.data.len() + 160);
-    put(&mut out, "{\"_id\":", &row.id);
-    put(&mut out, ",\"_owner\":", &row.owner);
-    put(&mut out, ",\"_created_at\":", &row.created_at);
-    put(&mut out, ",\"_updated_at\":", &row.updated_at);
-    put(&mut out, ",\"_version\":", &row.version);
-    if !rest.starts_with('}') {
-        out.push(b',');
-    }
-    out.extend_from_slice(rest.as_bytes());
-    String::from_utf8(out).ok()
-}
-
-fn put<T: Serialize + ?Sized>(out: &mut Vec<u8>, name: &str, value: &T) {
-    out.extend_from_slice(name.as_bytes());
-    // Strings, options and integers always serialize, and a Vec does not fail to grow.
-    let _ = serde_json::to_writer(&mut *out, value);
-}
-
 impl Serialize for Document {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.data.len() + 5))?;

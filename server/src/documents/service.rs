@@ -322,41 +322,53 @@ impl Documents {
         req: QueryRequest,
     ) -> Result<QueryPage, Error> {
         let (coll, q) = self.plan_query(caller, collection, &req)?;
-        let rows = if q.limit == 0 {
-            Vec::new()
-        } else {
-            self.store
-                .query_docs(coll.table, &q.doc_query(q.limit + 1))
-                .await?
-        };
-        let has_more = rows.len() > q.limit as usize;
-        let mut rows = rows;
-        rows.truncate(q.limit as usize);
-        let next_cursor = match rows.last() {
-            Some(last) if has_more => {
-                let last = Document::from_row(last.clone())?;
-                Some(Cursor::at(&q.sort, &last).encode(&q.sort))
+        let query = q.doc_query(q.limit + 1);
+        let (items, last) = match &q.fields {
+            _ if q.limit == 0 => (Vec::new(), None),
+            // The common case: documents whole, their text straight from the store.
+            None => {
+                let mut items = self.store.query_docs_json(coll.table, &query).await?;
+                let last = if items.len() > q.limit as usize {
+                    items.truncate(q.limit as usize);
+                    items
+                        .last()
+                        .map(|t| Document::from_json_str(t))
+                        .transpose()?
+                } else {
+                    None
+                };
+                (items, last)
             }
-            _ => None,
+            Some(fields) => {
+                let mut docs = self
+                    .store
+                    .query_docs(coll.table, &query)
+                    .await?
+                    .into_iter()
+                    .map(Document::from_row)
+                    .collect::<Result<Vec<_>, _>>()?;
+                let last = if docs.len() > q.limit as usize {
+                    docs.truncate(q.limit as usize);
+                    docs.last().cloned()
+                } else {
+                    None
+                };
+                let items = docs
+                    .iter()
+                    .map(|doc| {
+                        serde_json::to_string(&doc.project(fields))
+                            .map_err(|e| Error::Internal(format!("projecting: {e}")))
+                    })
+                    .collect::<Result<_, _>>()?;
+                (items, last)
+            }
         };
+        // `last` is the page's last document when more follow.
+        let next_cursor = last.map(|last| Cursor::at(&q.sort, &last).encode(&q.sort));
         let count = if req.count {
             Some(self.store.count_docs(coll.table, &q.filter).await?)
         } else {
             None
-        };
-        let items = match &q.fields {
-            Some(fields) => rows
-                .into_iter()
-                .map(|row| {
-                    let projected = Document::from_row(row)?.project(fields);
-                    serde_json::to_string(&projected)
-                        .map_err(|e| Error::Internal(format!("projecting: {e}")))
-                })
-                .collect::<Result<_, _>>()?,
-            None => rows
-                .iter()
-                .map(Document::json_text)
-                .collect::<Result<_, _>>()?,
         };
         Ok(QueryPage {
             items,

@@ -113,6 +113,81 @@ pub struct DocRow {
     pub data: String,
 }
 
+impl DocRow {
+    /// The document as the API shows it, as JSON text (see [`doc_json`]).
+    pub fn to_json(&self) -> Option<String> {
+        doc_json(
+            &self.id,
+            self.owner.as_deref(),
+            &self.created_at,
+            &self.updated_at,
+            self.version,
+            &self.data,
+        )
+    }
+}
+
+/// A document's API JSON text from its stored columns: the system fields, then the data's
+/// text after its `{`, copied unparsed; `None` when the data is not braced like an object.
+pub fn doc_json(
+    id: &str,
+    owner: Option<&str>,
+    created_at: &str,
+    updated_at: &str,
+    version: i64,
+    data: &str,
+) -> Option<String> {
+    let rest = data.trim().strip_prefix('{')?.trim_start();
+    if !rest.ends_with('}') {
+        return None;
+    }
+    let mut out = String::with_capacity(data.len() + 160);
+    out.push_str("{\"_id\":");
+    push_str_json(&mut out, id);
+    out.push_str(",\"_owner\":");
+    match owner {
+        Some(owner) => push_str_json(&mut out, owner),
+        None => out.push_str("null"),
+    }
+    out.push_str(",\"_created_at\":");
+    push_str_json(&mut out, created_at);
+    out.push_str(",\"_updated_at\":");
+    push_str_json(&mut out, updated_at);
+    out.push_str(",\"_version\":");
+    let _ = std::fmt::Write::write_fmt(&mut out, format_args!("{version}"));
+    if !rest.starts_with('}') {
+        out.push(',');
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+/// Appends `s` as a JSON string. Ids and timestamps need no escapes, so they are copied
+/// as they are; anything else goes through serde_json.
+fn push_str_json(out: &mut String, s: &str) {
+    if s.bytes()
+        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f)
+    {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else if let Ok(text) = serde_json::to_string(s) {
+        out.push_str(&text);
+    }
+}
+
+/// Rows as the API's JSON text.
+pub(crate) fn docs_json(rows: &[DocRow]) -> Result<Vec<String>> {
+    rows.iter()
+        .map(|row| row.to_json().ok_or_else(|| not_an_object(&row.id)))
+        .collect()
+}
+
+/// The error for a stored document whose data is not a JSON object.
+pub fn not_an_object(id: &str) -> Error {
+    Error::Other(format!("BUG: stored document {id} is not a JSON object"))
+}
+
 /// A row of the change log.
 #[derive(Debug, Clone)]
 pub struct ChangeRow {
@@ -285,6 +360,10 @@ pub(crate) trait Backend: Send + Sync {
     async fn list_collections(&self) -> Result<Vec<CollectionRow>>;
     async fn get_doc(&self, table: i64, id: &str) -> Result<Option<DocRow>>;
     async fn query_docs(&self, table: i64, query: &DocQuery<'_>) -> Result<Vec<DocRow>>;
+    /// [`Backend::query_docs`], each row as the API's JSON text ([`doc_json`]).
+    async fn query_docs_json(&self, table: i64, query: &DocQuery<'_>) -> Result<Vec<String>> {
+        docs_json(&self.query_docs(table, query).await?)
+    }
     async fn count_docs(&self, table: i64, filter: &Filter) -> Result<u64>;
     /// The database's plan for a page query.
     async fn explain(
@@ -466,6 +545,9 @@ impl Store {
     }
     pub async fn query_docs(&self, table: i64, query: &DocQuery<'_>) -> Result<Vec<DocRow>> {
         self.backend.query_docs(table, query).await
+    }
+    pub async fn query_docs_json(&self, table: i64, query: &DocQuery<'_>) -> Result<Vec<String>> {
+        self.backend.query_docs_json(table, query).await
     }
     pub async fn count_docs(&self, table: i64, filter: &Filter) -> Result<u64> {
         self.backend.count_docs(table, filter).await

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags};
 
 use super::super::query::Param;
-use super::super::{ChangeRow, DocRow};
+use super::super::{ChangeRow, DocRow, doc_json, not_an_object};
 use super::{change_row, doc_row};
 
 /// How long one statement may run on the calling thread before it is interrupted.
@@ -129,6 +129,36 @@ impl InlineReaders {
         })
     }
 
+    /// [`InlineReaders::query_docs`], each row written straight from SQLite's column
+    /// buffers as the API's JSON text (no row of owned strings in between: that was a fifth
+    /// of a 50-document list).
+    pub fn query_docs_json(&self, sql: &str, params: &[Param]) -> Option<Vec<String>> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(sql)?;
+            bind(&mut stmt, params)?;
+            let mut rows = stmt.raw_query();
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                let id = text(row, 0)?;
+                let owner = match row.get_ref(1)? {
+                    rusqlite::types::ValueRef::Null => None,
+                    _ => Some(text(row, 1)?),
+                };
+                let json = doc_json(
+                    id,
+                    owner,
+                    text(row, 2)?,
+                    text(row, 3)?,
+                    row.get(4)?,
+                    text(row, 5)?,
+                )
+                .ok_or_else(|| not_an_object(id))?;
+                out.push(json);
+            }
+            Ok(out)
+        })
+    }
+
     pub fn count(&self, sql: &str, params: &[Param]) -> Option<i64> {
         self.with(|conn| {
             let mut stmt = conn.prepare_cached(sql)?;
@@ -157,6 +187,13 @@ impl InlineReaders {
             Ok(out)
         })
     }
+}
+
+/// Column `i` as text, borrowed from SQLite.
+fn text<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> rusqlite::Result<&'r str> {
+    row.get_ref(i)?.as_str().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
 /// Why an inline read gave up.

@@ -24,7 +24,7 @@ use super::query::{Param, select_count, select_page};
 use super::writer::WriteSession;
 use super::{
     Backend, ChangeRow, CollectionRow, DocQuery, DocRow, Error, Kind, Options, PRUNE_CHUNK, Plan,
-    PoolStat, RemoteEvents, Result,
+    PoolStat, RemoteEvents, Result, docs_json,
 };
 use crate::query::Filter;
 pub(crate) use dialect::Sqlite as Dialect;
@@ -338,6 +338,22 @@ impl Backend for SqliteBackend {
             .fetch_all(&self.read)
             .await?;
         rows.iter().map(doc_row).collect()
+    }
+
+    async fn query_docs_json(&self, table_id: i64, query: &DocQuery<'_>) -> Result<Vec<String>> {
+        let (sql, params) = select_page(&Dialect, &table(table_id), "data", query);
+        if let Some(rows) = self
+            .inline
+            .as_ref()
+            .and_then(|r| r.query_docs_json(&sql, &params))
+        {
+            return Ok(rows);
+        }
+        let rows = bind_params(sqlx::query(AssertSqlSafe(sql)), params)
+            .fetch_all(&self.read)
+            .await?;
+        let rows: Vec<DocRow> = rows.iter().map(doc_row).collect::<Result<_>>()?;
+        docs_json(&rows)
     }
 
     async fn count_docs(&self, table_id: i64, filter: &Filter) -> Result<u64> {
