@@ -165,7 +165,6 @@ fn insert_path(out: &mut Map<String, Value>, path: &[String], value: Value) {
     current.insert(last.clone(), value);
 }
 
-/// Appends `name` (raw JSON text) and `value` as JSON.
 impl Serialize for Document {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.data.len() + 5))?;

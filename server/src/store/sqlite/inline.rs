@@ -117,43 +117,46 @@ impl InlineReaders {
     }
 
     pub fn query_docs(&self, sql: &str, params: &[Param]) -> Option<Vec<DocRow>> {
-        self.with(|conn| {
-            let mut stmt = conn.prepare_cached(sql)?;
-            bind(&mut stmt, params)?;
-            let mut rows = stmt.raw_query();
-            let mut out = Vec::new();
-            while let Some(row) = rows.next()? {
-                out.push(doc_row(row)?);
-            }
-            Ok(out)
-        })
+        self.rows(sql, params, |row| Ok(doc_row(row)?))
     }
 
     /// [`InlineReaders::query_docs`], each row written straight from SQLite's column
     /// buffers as the API's JSON text (no row of owned strings in between: that was a fifth
     /// of a 50-document list).
     pub fn query_docs_json(&self, sql: &str, params: &[Param]) -> Option<Vec<String>> {
+        self.rows(sql, params, |row| {
+            let id = text(row, 0)?;
+            let owner = match row.get_ref(1)? {
+                rusqlite::types::ValueRef::Null => None,
+                _ => Some(text(row, 1)?),
+            };
+            let version = row.get(4)?;
+            let json = doc_json(
+                id,
+                owner,
+                text(row, 2)?,
+                text(row, 3)?,
+                version,
+                text(row, 5)?,
+            );
+            Ok(json.ok_or_else(|| not_an_object(id))?)
+        })
+    }
+
+    /// Every row of a query, mapped.
+    fn rows<T>(
+        &self,
+        sql: &str,
+        params: &[Param],
+        mut map: impl FnMut(&rusqlite::Row<'_>) -> Result<T, Failure>,
+    ) -> Option<Vec<T>> {
         self.with(|conn| {
             let mut stmt = conn.prepare_cached(sql)?;
             bind(&mut stmt, params)?;
             let mut rows = stmt.raw_query();
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
-                let id = text(row, 0)?;
-                let owner = match row.get_ref(1)? {
-                    rusqlite::types::ValueRef::Null => None,
-                    _ => Some(text(row, 1)?),
-                };
-                let json = doc_json(
-                    id,
-                    owner,
-                    text(row, 2)?,
-                    text(row, 3)?,
-                    row.get(4)?,
-                    text(row, 5)?,
-                )
-                .ok_or_else(|| not_an_object(id))?;
-                out.push(json);
+                out.push(map(row)?);
             }
             Ok(out)
         })

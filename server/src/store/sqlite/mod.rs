@@ -69,6 +69,14 @@ fn damaged(path: &Path, e: sqlx::Error) -> Error {
 }
 
 impl SqliteBackend {
+    /// A page query's rows read through the sqlx pool (when an inline read gave up).
+    async fn pooled_docs(&self, sql: String, params: Vec<Param>) -> Result<Vec<DocRow>> {
+        let rows = bind_params(sqlx::query(AssertSqlSafe(sql)), params)
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(doc_row).collect()
+    }
+
     /// Runs retention `DELETE`s (each binding `?1` to `cutoff` and `?2` to the chunk size,
     /// [`PRUNE_CHUNK`]) through the write pool, each again until it deletes less than a
     /// chunk; the rows they removed.
@@ -334,10 +342,7 @@ impl Backend for SqliteBackend {
         {
             return Ok(rows);
         }
-        let rows = bind_params(sqlx::query(AssertSqlSafe(sql)), params)
-            .fetch_all(&self.read)
-            .await?;
-        rows.iter().map(doc_row).collect()
+        self.pooled_docs(sql, params).await
     }
 
     async fn query_docs_json(&self, table_id: i64, query: &DocQuery<'_>) -> Result<Vec<String>> {
@@ -349,11 +354,7 @@ impl Backend for SqliteBackend {
         {
             return Ok(rows);
         }
-        let rows = bind_params(sqlx::query(AssertSqlSafe(sql)), params)
-            .fetch_all(&self.read)
-            .await?;
-        let rows: Vec<DocRow> = rows.iter().map(doc_row).collect::<Result<_>>()?;
-        docs_json(&rows)
+        docs_json(&self.pooled_docs(sql, params).await?)
     }
 
     async fn count_docs(&self, table_id: i64, filter: &Filter) -> Result<u64> {
