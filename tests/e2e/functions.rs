@@ -115,6 +115,27 @@ SECRET = "only-env"
     assert_eq!(body["result"]["auth"]["id"], session["user"]["id"]);
     let (_, anon) = call(&s, "hello", json!({})).await;
     assert_eq!(anon["result"]["auth"], Value::Null);
+    // Each invocation is counted by name and outcome, and timed.
+    let metrics = s.metrics().await;
+    for (series, expected) in [
+        (
+            r#"ferrobase_function_invocations_total{function="hello",outcome="ok"}"#,
+            2,
+        ),
+        (
+            r#"ferrobase_function_duration_seconds_count{function="hello"}"#,
+            2,
+        ),
+        (
+            r#"ferrobase_function_invocations_total{function="boom",outcome="error"}"#,
+            0,
+        ),
+    ] {
+        assert_eq!(metric(&metrics, series), expected, "{series}\n{metrics}");
+    }
+    let starts = metric(&metrics, r#"ferrobase_function_starts_total{start="warm"}"#)
+        + metric(&metrics, r#"ferrobase_function_starts_total{start="cold"}"#);
+    assert!(starts >= 2, "{metrics}");
 
     // fb.error keeps its status and message; any other throw is a generic 500.
     assert_error(&call(&s, "teapot", json!({})).await, 418, "function_error");
@@ -122,6 +143,15 @@ SECRET = "only-env"
     assert_error(&boom, 500, "function_error");
     let text = boom.1.to_string();
     assert!(!text.contains("secret") && !text.contains("/etc"), "{text}");
+    let metrics = s.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"ferrobase_function_invocations_total{function="boom",outcome="error"}"#
+        ),
+        1,
+        "{metrics}"
+    );
     let lines = eventually(Duration::from_secs(5), || async {
         let l = logs(&s, "function=boom").await;
         (!l.is_empty()).then_some(l)
