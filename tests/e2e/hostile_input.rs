@@ -413,3 +413,60 @@ async fn header_bombs_are_refused_quickly() {
         }
     }
 }
+
+/// A stored document whose data is not a JSON object (the database file edited by hand)
+/// answers a clean 500 on every read path that meets it — never a page of broken JSON,
+/// never a leak of its content, never a panic — and the other documents still read by id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_stored_document_is_an_internal_error_not_broken_json() {
+    use sqlx::Connection;
+    let s = TestServer::start(Backend::Sqlite).await;
+    s.collection(
+        "notes",
+        json!({"rules": {"get": "true", "list": "true", "create": "true"}}),
+    )
+    .await;
+    s.create("notes", json!({"_id": "good", "n": 1})).await;
+    s.create("notes", json!({"_id": "bad", "n": 2})).await;
+    let url = format!("sqlite://{}", s.data_dir().join("data.db").display());
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let table: i64 = sqlx::query_scalar("SELECT id FROM fb_collections WHERE name = 'notes'")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    let damaged = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE fb_docs_{table} SET data = '{{\"n\": \"secret\"' WHERE id = 'bad'"
+    )))
+    .execute(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(damaged.rows_affected(), 1);
+    db.close().await.unwrap();
+
+    for (method, path, body) in [
+        (Method::GET, "/v1/db/notes/bad", None),
+        (Method::GET, "/v1/db/notes", None),
+        (Method::POST, "/v1/db/notes/query", Some(json!({}))),
+    ] {
+        let mut req = s.req(method.clone(), path);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let answer = s.send(req).await;
+        assert_error(&answer, 500, "internal");
+        assert!(
+            !answer.1.to_string().contains("secret"),
+            "{path}: {}",
+            answer.1
+        );
+    }
+    // The intact document still reads by id. A filter on a data field fails cleanly too:
+    // SQLite's JSON functions refuse the malformed text when the scan reaches it.
+    let (status, good) = s.send(s.req(Method::GET, "/v1/db/notes/good")).await;
+    assert_eq!((status, good["n"].clone()), (StatusCode::OK, json!(1)));
+    let filtered = s
+        .send(s.req(Method::GET, "/v1/db/notes?where=%7B%22n%22%3A1%7D"))
+        .await;
+    assert_error(&filtered, 500, "internal");
+    s.assert_healthy().await;
+}
