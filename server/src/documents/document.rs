@@ -102,12 +102,8 @@ impl Document {
     /// only the server writes it, from its own serializer (or Postgres from `jsonb`), and
     /// parsing it again to validate it was 16 % of a 50-document list.
     pub fn json_text(row: &DocRow) -> Result<String, Error> {
-        row.to_json().ok_or_else(|| {
-            Error::Internal(format!(
-                "BUG: stored document {} is not a JSON object",
-                row.id
-            ))
-        })
+        row.to_json()
+            .ok_or_else(|| crate::store::not_an_object(&row.id).into())
     }
 
     /// The row to store and the document's JSON text (the same as
