@@ -49,6 +49,14 @@ fb.call("pollute", () => {
   const o = {}; o.toString = () => "mine";
   return { tries, custom: new MyError("m").name, own: String(o) };
 });
+fb.call("shape", (req) => ({
+  keys: Object.keys(req.data),
+  plain: [req.data, req.data.list[0]].map((o) => Object.getPrototypeOf(o) === Object.prototype),
+  inherited: [req.data.isAdmin, req.data.list[0].isAdmin, ({}).isAdmin].map((v) => typeof v),
+  types: [req.data.big, req.data.f, req.data.neg, req.data.s, req.data.t, req.data.list].map((v) => typeof v),
+  array: Array.isArray(req.data.list),
+  echo: req.data,
+}));
 fb.call("pristine", () => ({ isAdmin: ({}).isAdmin === undefined, parse: JSON.parse("1"), x: typeof x }));
 fb.call("leftover", () => { Promise.resolve().then(() => { console.log("late job ran"); }); Promise.reject(new Error("nobody")); return 1; });
 fb.call("asCaller", async (req, ctx) => ctx.db.collection("private").doc(req.data.id).get());
@@ -212,6 +220,25 @@ SECRET = "only-env"
     );
     assert_eq!(polluted["result"]["custom"], "MyError");
     assert_eq!(polluted["result"]["own"], "mine");
+    // Arguments arrive as `JSON.parse` would make them: a `__proto__` key is an own key,
+    // never a prototype (they are built natively, without the text).
+    let data = json!({"__proto__": {"isAdmin": true}, "list": [{"__proto__": {"isAdmin": 1}}, null],
+        "big": 9_007_199_254_740_993_u64, "f": 1.5, "neg": -3, "s": "é\u{0}\u{1F600}", "t": true});
+    let (status, shape) = call(&s, "shape", data.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{shape}");
+    let mut echoed = data.clone();
+    echoed["big"] = json!(9_007_199_254_740_992_u64);
+    assert_eq!(
+        shape["result"],
+        json!({
+            "keys": ["__proto__", "big", "f", "list", "neg", "s", "t"],
+            "plain": [true, true],
+            "inherited": ["undefined", "undefined", "undefined"],
+            "types": ["number", "number", "number", "string", "boolean", "object"],
+            "array": true,
+            "echo": echoed,
+        })
+    );
     let (_, pristine) = call(&s, "pristine", json!({})).await;
     assert_eq!(
         pristine["result"],
@@ -279,7 +306,9 @@ fb.beforeCreate("todos", (e) => {
   e.data.title = String(e.data.title).trim();
   e.data.seen = { op: e.op, collection: e.collection, doc: e.doc, auth: e.auth && e.auth.id };
 });
-fb.beforeUpdate("todos", (e) => {
+// Before-triggers may be async: `e.data` is read once the promise settles.
+fb.beforeUpdate("todos", async (e) => {
+  await null;
   if (e.data.title === "locked") throw fb.error(409, "locked");
   e.data.previous = e.doc.title;
 });

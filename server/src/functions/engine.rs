@@ -20,8 +20,8 @@ use std::time::Instant;
 
 use rquickjs::loader::{ImportAttributes, Loader, Resolver};
 use rquickjs::{
-    CatchResultExt, CaughtError, Context, Ctx, Function, Module, Object, Persistent, Promise,
-    Runtime, Value, module::Declared,
+    CatchResultExt, CaughtError, Context, Ctx, FromJs, Function, Module, Object, Persistent,
+    Promise, Runtime, Value, module::Declared, object::Property,
 };
 
 const PRELUDE: &str = include_str!("prelude.js");
@@ -296,7 +296,7 @@ impl Isolate {
     }
 
     /// Runs one handler: `kind` is `call`, `trigger`, `cron` or `auth`; `payload` and
-    /// `meta` are JSON texts (see `prelude.js`).
+    /// `meta` reach `prelude.js` as the objects `JSON.parse` would make of them.
     #[expect(
         clippy::too_many_arguments,
         reason = "the pool's one call site passes a task's fields through"
@@ -305,8 +305,8 @@ impl Isolate {
         &mut self,
         kind: &str,
         key: &str,
-        payload: &str,
-        meta: &str,
+        payload: &serde_json::Value,
+        meta: &serde_json::Value,
         bridge: Box<dyn Bridge>,
         deadline: Instant,
         limits: Option<Limits>,
@@ -331,11 +331,20 @@ impl Isolate {
                 let dispatch: Function = host
                     .get("dispatch")
                     .map_err(|e| Settle::Thrown(e.to_string()))?;
-                let promise: Promise = dispatch
+                let thrown = |e| Settle::Thrown(caught_text(CaughtError::from_error(&ctx, e), key));
+                let payload = to_js(&ctx, payload).map_err(thrown)?;
+                let meta = to_js(&ctx, meta).map_err(thrown)?;
+                let answer: Value = dispatch
                     .call((kind, key, payload, meta))
                     .catch(&ctx)
                     .map_err(|e| Settle::Thrown(caught_text(e, key)))?;
-                let text: String = settle(&ctx, &promise, &deadline_cell)?;
+                // A handler that returns a value (not a promise) is answered at once.
+                let text: String = match answer.as_promise() {
+                    Some(promise) => settle(&ctx, promise, &deadline_cell)?,
+                    None => {
+                        String::from_js(&ctx, answer).map_err(|e| Settle::Thrown(e.to_string()))?
+                    }
+                };
                 // Leftover jobs (fire-and-forget promises) run now, within the deadline,
                 // so nothing of this invocation runs during the next one.
                 drain(&ctx, &deadline_cell)?;
@@ -471,6 +480,45 @@ fn drain(ctx: &Ctx<'_>, deadline: &Cell<Option<Instant>>) -> Result<(), Settle> 
         }
     }
     Ok(())
+}
+
+/// The JS value `JSON.parse` makes of `value`'s JSON text, built without the text: plain
+/// objects with own data properties (so a `__proto__` key is a key, never a prototype),
+/// arrays, strings, numbers, booleans and null. Cheaper than serializing and parsing: the
+/// engine's parser costs ~700 instructions per token (callgrind; see BENCHMARKS.md).
+fn to_js<'js>(ctx: &Ctx<'js>, value: &serde_json::Value) -> rquickjs::Result<Value<'js>> {
+    use serde_json::Value as J;
+    Ok(match value {
+        J::Null => Value::new_null(ctx.clone()),
+        J::Bool(b) => Value::new_bool(ctx.clone(), *b),
+        J::Number(n) => match n.as_i64().and_then(|i| i32::try_from(i).ok()) {
+            Some(i) => Value::new_int(ctx.clone(), i),
+            None => Value::new_float(ctx.clone(), n.as_f64().unwrap_or(f64::NAN)),
+        },
+        J::String(s) => rquickjs::String::from_str(ctx.clone(), s)?.into_value(),
+        J::Array(items) => {
+            let array = rquickjs::Array::new(ctx.clone())?;
+            for (i, item) in items.iter().enumerate() {
+                array.set(i, to_js(ctx, item)?)?;
+            }
+            array.into_value()
+        }
+        J::Object(map) => {
+            let object = Object::new(ctx.clone())?;
+            for (key, item) in map {
+                let item = to_js(ctx, item)?;
+                if key == "__proto__" {
+                    object.prop(
+                        key.as_str(),
+                        Property::from(item).writable().enumerable().configurable(),
+                    )?;
+                } else {
+                    object.set(key.as_str(), item)?;
+                }
+            }
+            object.into_value()
+        }
+    })
 }
 
 fn caught_text(e: CaughtError<'_>, place: &str) -> String {

@@ -673,7 +673,7 @@ impl Functions {
         }
         let id = crate::util::id::new_id();
         let timeout = self.timeout_for(name, self.config.timeout);
-        let payload = json!({ "data": data }).to_string();
+        let payload = json!({ "data": data });
         let outcome = self
             .invoke(
                 &version,
@@ -870,7 +870,7 @@ impl Functions {
         kind: Kind,
         key: &str,
         name: &str,
-        payload: String,
+        payload: Value,
         caller: Caller,
         depth: u8,
         timeout: Duration,
@@ -888,8 +888,7 @@ impl Functions {
             "invocation": invocation,
             "auth": auth_json(&caller.principal),
             "env": self.env_for(name),
-        })
-        .to_string();
+        });
         let logs = Arc::new(Mutex::new(host::Captured::default()));
         let bridge = host::HostBridge {
             documents,
@@ -1148,8 +1147,7 @@ impl Hooks for Functions {
             "id": event.id,
             "data": event.data,
             "doc": event.doc.map(|d| d.to_json()),
-        })
-        .to_string();
+        });
         let timeout = self.timeout_for(&key, self.config.before_timeout);
         let id = crate::util::id::new_id();
         let outcome = self

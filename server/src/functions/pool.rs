@@ -32,8 +32,8 @@ pub enum Work {
     Invoke {
         kind: &'static str,
         key: String,
-        payload: String,
-        meta: String,
+        payload: serde_json::Value,
+        meta: serde_json::Value,
         bridge: Box<dyn Bridge + Send>,
         /// The handler's own memory and stack limits, when configured.
         limits: Option<Limits>,

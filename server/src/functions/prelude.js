@@ -259,12 +259,15 @@ function describe(e) {
   return stringify({ error: { status, message: message.slice(0, 2048), stack: stack.slice(0, 4096) } });
 }
 
-host.dispatch = async function dispatch(kind, key, payloadText, metaText) {
+const MISSING = stringify({ missing: true });
+
+// Runs a handler. `payload` and `meta` arrive as fresh objects (the engine builds them as
+// `JSON.parse` would). Answers with the outcome's JSON text, or, when the handler returned
+// a promise (an async handler), with a promise of it.
+host.dispatch = function dispatch(kind, key, payload, meta) {
   try {
     const handler = registry[kind] && registry[kind].get(key);
-    if (!handler) return stringify({ missing: true });
-    const meta = parse(metaText);
-    const payload = parse(payloadText);
+    if (!handler) return MISSING;
     const ctx = freeze({
       auth: meta.auth ? freeze(meta.auth) : null,
       env: freeze(meta.env || {}),
@@ -276,24 +279,32 @@ host.dispatch = async function dispatch(kind, key, payloadText, metaText) {
       log: logger,
     });
     let result;
+    let answer = encode;
     if (kind === "call") {
-      result = await handler(freeze({ data: payload.data, auth: ctx.auth }), ctx);
+      result = handler(freeze({ data: payload.data, auth: ctx.auth }), ctx);
     } else if (kind === "cron") {
-      result = await handler(ctx, freeze({ name: key, tick: payload.tick }));
+      result = handler(ctx, freeze({ name: key, tick: payload.tick }));
     } else {
       // Trigger and auth events: before-triggers may change `e.data`, which is returned.
       const e = payload;
       e.auth = ctx.auth;
-      result = await handler(e, ctx);
-      if (key.startsWith("before")) result = e.data;
+      result = handler(e, ctx);
+      if (key.startsWith("before")) answer = () => encode(e.data);
     }
-    const text = stringify({ ok: result === undefined ? null : result });
-    if (text === undefined) throw new TypeError("the result is not JSON");
-    return text;
+    if (result !== null && (typeof result === "object" || typeof result === "function") && typeof result.then === "function") {
+      return Promise.resolve(result).then(answer).then(undefined, describe);
+    }
+    return answer(result);
   } catch (e) {
     return describe(e);
   }
 };
+
+function encode(result) {
+  const text = stringify({ ok: result === undefined ? null : result });
+  if (text === undefined) throw new TypeError("the result is not JSON");
+  return text;
+}
 
 host.manifest = () =>
   stringify({

@@ -428,12 +428,20 @@ impl Functions {
         let mut caller = Caller::internal(super::principal_from_json(&caller_json));
         caller.depth = u8::try_from(job.depth).unwrap_or(MAX_DEPTH);
         let timeout = self.timeout_for(&job.function, self.config.async_timeout);
+        let payload = match serde_json::from_str(&job.payload) {
+            Ok(payload) => payload,
+            Err(e) => {
+                return Ok(Outcome::Failed {
+                    detail: format!("the job's stored payload is not JSON: {e}"),
+                });
+            }
+        };
         self.invoke(
             &version,
             kind,
             &job.function,
             &job.function,
-            job.payload.clone(),
+            payload,
             caller.clone(),
             caller.depth,
             timeout,
