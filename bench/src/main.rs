@@ -599,7 +599,7 @@ fn engine() -> anyhow::Result<()> {
         cold.len()
     );
     println!(
-        "  warm beforeCreate invocation (objects in, dispatch, JSON out): p50 {:.1} µs, p99 {:.1} µs ({} runs)",
+        "  warm beforeCreate invocation (objects in, dispatch, result read natively): p50 {:.1} µs, p99 {:.1} µs ({} runs)",
         pct(&warm, 0.5),
         pct(&warm, 0.99),
         warm.len()

@@ -12,6 +12,7 @@ use crate::on_both_backends;
 
 on_both_backends!(
     callable_functions_answer_and_fail_cleanly,
+    results_read_as_json_stringify_writes_them,
     triggers_fire_once_with_the_right_payload,
     async_invocations_retry_then_dead_letter_and_replay,
     cron_ticks_and_never_overlaps,
@@ -296,6 +297,97 @@ SECRET = "only-env"
             "RangeError"
         ])
     );
+    s.assert_healthy().await;
+}
+
+const RESULTS: &str = r#"
+import { fb } from "ferrobase";
+// Each case's value, and the text JSON.stringify makes of it: the test checks the engine
+// reads the value into the same JSON.
+const cases = [
+  () => ({ a: 1, b: [1, "x", null, true, false], c: { d: {} }, e: [] }),
+  () => [NaN, Infinity, -Infinity, -0, 1.5, 0.25, 0.1, 123.456, 2 ** 53 + 2, 2 ** 63, 2 ** 63 + 4096, 2 ** 64, 1e21, 1e300,
+    -(2 ** 63), -(2 ** 63) - 4096, 123456789012, -7, 2147483648, -2147483649],
+  () => ({ u: undefined, f() {}, s: Symbol("s"), arr: [undefined, () => 1, Symbol("t")], [Symbol("k")]: 1 }),
+  () => ({ d: new Date(0), m: new Map([[1, 2]]), set: new Set([1]), re: /x/g, err: new Error("e"),
+    boxed: [new Number(3), new String("s"), new Boolean(false)], typed: new Uint8Array([1, 2]) }),
+  () => ({ t: { toJSON(k) { return "key:" + k; } }, arr: Object.assign([1, 2], { toJSON: () => "arr" }),
+    nested: [{ toJSON: (k) => k }], fn: Object.assign(() => 1, { toJSON: () => "fn" }), gone: { toJSON: () => undefined } }),
+  () => { class P { constructor() { this.x = 1; } get y() { return 2; } }
+    return { p: new P(), n: Object.create(null, { a: { value: 1, enumerable: true }, b: { value: 2, enumerable: false } }) }; },
+  () => ({ proxy: new Proxy({ a: 1 }, {}), parr: new Proxy([1, 2], {}) }),
+  () => JSON.parse('{"__proto__": {"x": 1}, "y": [{"__proto__": 2}], "2": "two", "1": "one"}'),
+  () => { const a = [1]; a[4] = 2; a.extra = 1; return a; },
+  () => "just a string",
+  () => 42,
+  () => null,
+  () => ({ s: "é\u0000\n\"\\😀\u2028" }),
+  () => ({ get g() { return "got"; }, v: 1 }),
+];
+fb.call("jsonish", (req) => {
+  const v = cases[req.data.case]();
+  return { value: v, text: JSON.stringify(v) };
+});
+fb.call("cases", () => cases.length);
+fb.call("undef", () => undefined);
+fb.call("later", async () => ({ at: new Date(0), list: [1, { n: 2 }] }));
+// A getter runs once even when a sibling is handed to JSON.stringify.
+fb.call("getterOnce", () => { let calls = 0; return { a: { get n() { return ++calls; } }, d: new Date(0) }; });
+fb.call("getterRejects", () => ({ get x() { throw fb.error(418, "from a getter"); } }));
+fb.call("bigint", () => ({ n: 10n }));
+fb.call("cyclic", () => { const a = {}; a.self = a; return a; });
+fb.call("deep", (req) => { let v = 1; for (let i = 0; i < req.data.n; i++) v = [v]; return v; });
+fb.call("wide", () => Array(1e6).fill("x".repeat(100)));
+"#;
+
+async fn results_read_as_json_stringify_writes_them(backend: Backend) {
+    let s = Options::new(backend)
+        .function_file("main.js", RESULTS)
+        .start()
+        .await;
+    let (status, count) = call(&s, "cases", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{count}");
+    let count = count["result"].as_u64().unwrap();
+    for case in 0..count {
+        let (status, body) = call(&s, "jsonish", json!({"case": case})).await;
+        assert_eq!(status, StatusCode::OK, "case {case}: {body}");
+        let text = body["result"]["text"].as_str().unwrap();
+        let expected: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(body["result"]["value"], expected, "case {case}: {text}");
+    }
+    let (_, undef) = call(&s, "undef", json!({})).await;
+    assert_eq!(undef, json!({"result": null}));
+    let (_, later) = call(&s, "later", json!({})).await;
+    assert_eq!(
+        later["result"],
+        json!({"at": "1970-01-01T00:00:00.000Z", "list": [1, {"n": 2}]})
+    );
+    let (_, once) = call(&s, "getterOnce", json!({})).await;
+    assert_eq!(
+        once["result"],
+        json!({"a": {"n": 1}, "d": "1970-01-01T00:00:00.000Z"})
+    );
+    let rejected = call(&s, "getterRejects", json!({})).await;
+    assert_error(&rejected, 418, "function_error");
+    assert!(
+        rejected.1.to_string().contains("from a getter"),
+        "{}",
+        rejected.1
+    );
+    for name in ["bigint", "cyclic"] {
+        assert_error(&call(&s, name, json!({})).await, 500, "function_error");
+    }
+    let (status, deep) = call(&s, "deep", json!({"n": 100})).await;
+    assert_eq!(status, StatusCode::OK, "{deep}");
+    assert_error(
+        &call(&s, "deep", json!({"n": 200})).await,
+        500,
+        "function_error",
+    );
+    // 100 MB of result against a 64 MiB function: refused, and the server carries on.
+    assert_error(&call(&s, "wide", json!({})).await, 500, "function_error");
+    let (status, _) = call(&s, "cases", json!({})).await;
+    assert_eq!(status, StatusCode::OK);
     s.assert_healthy().await;
 }
 

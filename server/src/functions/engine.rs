@@ -20,8 +20,8 @@ use std::time::Instant;
 
 use rquickjs::loader::{ImportAttributes, Loader, Resolver};
 use rquickjs::{
-    CatchResultExt, CaughtError, Context, Ctx, FromJs, Function, Module, Object, Persistent,
-    Promise, Runtime, Value, module::Declared, object::Property,
+    CatchResultExt, CaughtError, Context, Ctx, Function, Module, Object, Persistent, Promise,
+    Runtime, Value, module::Declared, object::Property,
 };
 
 const PRELUDE: &str = include_str!("prelude.js");
@@ -320,6 +320,8 @@ impl Isolate {
             self.runtime.set_memory_limit(own.memory);
             self.runtime.set_max_stack_size(own.stack);
         }
+        // A result may take as much room outside the engine as it could inside.
+        let budget = limits.unwrap_or(self.limits).memory;
         *self.bridge.borrow_mut() = Some(bridge);
         self.deadline.set(Some(deadline));
         let deadline_cell = self.deadline.clone();
@@ -339,16 +341,15 @@ impl Isolate {
                     .catch(&ctx)
                     .map_err(|e| Settle::Thrown(caught_text(e, key)))?;
                 // A handler that returns a value (not a promise) is answered at once.
-                let text: String = match answer.as_promise() {
+                let answer = match answer.as_promise() {
                     Some(promise) => settle(&ctx, promise, &deadline_cell)?,
-                    None => {
-                        String::from_js(&ctx, answer).map_err(|e| Settle::Thrown(e.to_string()))?
-                    }
+                    None => answer,
                 };
+                let outcome = read_answer(&ctx, &host, answer, budget, deadline)?;
                 // Leftover jobs (fire-and-forget promises) run now, within the deadline,
                 // so nothing of this invocation runs during the next one.
                 drain(&ctx, &deadline_cell)?;
-                Ok(parse_outcome(&text))
+                Ok(outcome)
             };
             match run() {
                 Ok(outcome) => (outcome, false),
@@ -397,6 +398,261 @@ impl Isolate {
         self.bridge.borrow_mut().take();
         outcome
     }
+}
+
+/// The outcome of what `dispatch` answered: `[result]`, or an outcome's JSON text.
+fn read_answer<'js>(
+    ctx: &Ctx<'js>,
+    host: &Object<'js>,
+    answer: Value<'js>,
+    budget: usize,
+    deadline: Instant,
+) -> Result<Outcome, Settle> {
+    let bug = |what: &str| Settle::Thrown(format!("BUG: dispatch answered {what}"));
+    if let Some(text) = answer.as_string() {
+        let text = text.to_string().map_err(|_| bug("unreadable text"))?;
+        return Ok(parse_outcome(&text));
+    }
+    let result: Value = answer
+        .as_array()
+        .ok_or_else(|| bug("neither text nor [result]"))?
+        .get(0)
+        .map_err(|_| bug("an unreadable [result]"))?;
+    let mut reader = Reader {
+        host,
+        encode: None,
+        object_prototype: None,
+        budget,
+        deadline,
+        steps: 0,
+    };
+    Ok(match reader.read(Key::Name("ok"), result, 0) {
+        Ok(value) => Outcome::Ok(value.unwrap_or(serde_json::Value::Null)),
+        // As if `JSON.stringify` had thrown it inside the handler: `fb.error` stays a
+        // rejection with its status.
+        Err(Unreadable::Thrown) => {
+            let thrown = ctx.catch();
+            let described = host
+                .get::<_, Function>("describe")
+                .and_then(|d| d.call::<_, String>((thrown.clone(),)));
+            match described {
+                Ok(text) => parse_outcome(&text),
+                Err(_) => Outcome::Failed {
+                    detail: describe_value(&thrown),
+                },
+            }
+        }
+        Err(Unreadable::Other(why)) => Outcome::Failed {
+            detail: format!("the result could not be read: {why}"),
+        },
+    })
+}
+
+/// Where a value sits in its parent: what `toJSON(key)` would be given.
+#[derive(Clone, Copy)]
+enum Key<'a> {
+    Name(&'a str),
+    Index(usize),
+}
+
+enum Unreadable {
+    /// JS code (a getter, `toJSON`) threw; the exception is pending in the context.
+    Thrown,
+    Other(String),
+}
+
+impl From<rquickjs::Error> for Unreadable {
+    fn from(e: rquickjs::Error) -> Self {
+        match e {
+            rquickjs::Error::Exception => Unreadable::Thrown,
+            other => Unreadable::Other(other.to_string()),
+        }
+    }
+}
+
+/// Nesting deeper than this fails, as serde_json's parser did when results crossed as
+/// text; it also ends a cycle of plain objects (`JSON.stringify` throws on those).
+const MAX_RESULT_DEPTH: usize = 127;
+
+/// Reads a handler's result into JSON without the text: the same value `JSON.stringify`
+/// and then serde_json would make of it, at a fraction of the cost (QuickJS's stringify
+/// was ~23 k instructions for a four-field document). Plain data only: plain objects,
+/// arrays, strings, numbers, booleans and null are read directly, each property once
+/// (getters run once, as in `stringify`). Anything else (a `Date`, a class instance, a
+/// value with `toJSON`, a proxy, a `BigInt`) is handed to `JSON.stringify` as it stands,
+/// before any of its properties was read, so it behaves exactly as it did.
+struct Reader<'a, 'js> {
+    host: &'a Object<'js>,
+    encode: Option<Function<'js>>,
+    object_prototype: Option<Object<'js>>,
+    /// Bytes (roughly) the result may still take.
+    budget: usize,
+    deadline: Instant,
+    steps: u32,
+}
+
+impl<'js> Reader<'_, 'js> {
+    fn spend(&mut self, bytes: usize) -> Result<(), Unreadable> {
+        self.budget = self.budget.checked_sub(bytes).ok_or_else(|| {
+            Unreadable::Other("it is larger than the function's memory limit".into())
+        })?;
+        // Native loops are out of the interrupt handler's reach.
+        self.steps = self.steps.wrapping_add(1);
+        if self.steps.is_multiple_of(4096) && Instant::now() >= self.deadline {
+            return Err(Unreadable::Other("the deadline passed".into()));
+        }
+        Ok(())
+    }
+
+    /// `None` for what `JSON.stringify` leaves out (undefined, functions, symbols).
+    fn read(
+        &mut self,
+        key: Key<'_>,
+        value: Value<'js>,
+        depth: usize,
+    ) -> Result<Option<serde_json::Value>, Unreadable> {
+        use rquickjs::Type;
+        use serde_json::Value as J;
+        self.spend(8)?;
+        if value.is_proxy() {
+            return self.encoded(key, value);
+        }
+        Ok(Some(match value.type_of() {
+            Type::Undefined | Type::Uninitialized | Type::Symbol => return Ok(None),
+            Type::Null => J::Null,
+            Type::Bool => J::Bool(value.as_bool().unwrap_or_default()),
+            Type::Int => J::from(value.as_int().unwrap_or_default()),
+            Type::Float => number(value.as_float().unwrap_or(f64::NAN)),
+            Type::String => {
+                let text = value
+                    .as_string()
+                    .ok_or_else(|| Unreadable::Other("a string".into()))?
+                    .to_string()?;
+                self.spend(text.len())?;
+                J::String(text)
+            }
+            Type::Function | Type::Constructor => {
+                let object = value
+                    .as_object()
+                    .ok_or_else(|| Unreadable::Other("a function".into()))?;
+                if object.contains_key("toJSON")? {
+                    return self.encoded(key, value);
+                }
+                return Ok(None);
+            }
+            Type::Array => {
+                let array = value
+                    .as_array()
+                    .ok_or_else(|| Unreadable::Other("an array".into()))?;
+                if array.as_object().contains_key("toJSON")? {
+                    return self.encoded(key, value);
+                }
+                self.nest(depth)?;
+                let mut items = Vec::with_capacity(array.len().min(1024));
+                for i in 0..array.len() {
+                    let item: Value = array.get(i)?;
+                    items.push(
+                        self.read(Key::Index(i), item, depth + 1)?
+                            .unwrap_or(J::Null),
+                    );
+                }
+                J::Array(items)
+            }
+            Type::Object => {
+                let object = value
+                    .as_object()
+                    .ok_or_else(|| Unreadable::Other("an object".into()))?;
+                if !self.plain(object)? {
+                    return self.encoded(key, value);
+                }
+                self.nest(depth)?;
+                let mut map = serde_json::Map::new();
+                for name in
+                    object.own_keys::<String>(rquickjs::object::Filter::new().string().enum_only())
+                {
+                    let name = name?;
+                    let item: Value = object.get(name.as_str())?;
+                    if let Some(item) = self.read(Key::Name(&name), item, depth + 1)? {
+                        self.spend(name.len())?;
+                        map.insert(name, item);
+                    }
+                }
+                J::Object(map)
+            }
+            _ => return self.encoded(key, value),
+        }))
+    }
+
+    fn nest(&self, depth: usize) -> Result<(), Unreadable> {
+        if depth >= MAX_RESULT_DEPTH {
+            return Err(Unreadable::Other(format!(
+                "it nests deeper than {MAX_RESULT_DEPTH} levels or refers to itself"
+            )));
+        }
+        Ok(())
+    }
+
+    /// An object whose prototype is `Object.prototype` (or none) and that has no `toJSON`.
+    fn plain(&mut self, object: &Object<'js>) -> Result<bool, Unreadable> {
+        let expected = match &self.object_prototype {
+            Some(p) => p.clone(),
+            None => {
+                let p = Object::new(object.ctx().clone())?
+                    .get_prototype()
+                    .ok_or_else(|| Unreadable::Other("no Object.prototype".into()))?;
+                self.object_prototype = Some(p.clone());
+                p
+            }
+        };
+        let plain = object.get_prototype().is_none_or(|p| p == expected);
+        Ok(plain && !object.contains_key("toJSON")?)
+    }
+
+    /// `JSON.stringify`'s own answer for `value`, read back with serde_json.
+    fn encoded(
+        &mut self,
+        key: Key<'_>,
+        value: Value<'js>,
+    ) -> Result<Option<serde_json::Value>, Unreadable> {
+        let encode = match &self.encode {
+            Some(f) => f.clone(),
+            None => {
+                let f: Function = self.host.get("encode")?;
+                self.encode = Some(f.clone());
+                f
+            }
+        };
+        let name = match key {
+            Key::Name(n) => n.to_owned(),
+            Key::Index(i) => i.to_string(),
+        };
+        let text: String = encode.call((name.as_str(), value))?;
+        self.spend(text.len())?;
+        let mut holder: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&text).map_err(|e| Unreadable::Other(e.to_string()))?;
+        Ok(holder.remove(&name))
+    }
+}
+
+/// A JS number as `JSON.stringify` writes it and serde_json reads it back: integers as
+/// integers (beyond 2^53 from the same shortest digits JS prints, so 2^63 reads as
+/// 9223372036854776000), other finite values as floats, NaN and infinities as null.
+fn number(f: f64) -> serde_json::Value {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    if !f.is_finite() {
+        return serde_json::Value::Null;
+    }
+    if f.fract() == 0.0 && f.abs() < EXACT {
+        // Integral and below 2^53: the cast is exact.
+        return serde_json::Value::from(f as i64);
+    }
+    if f.fract() == 0.0 && f.abs() < 1e21 {
+        // Rust's `Display` pads the shortest digits with zeros, as JS does in this range.
+        if let Ok(n) = format!("{f}").parse::<serde_json::Number>() {
+            return serde_json::Value::Number(n);
+        }
+    }
+    serde_json::Number::from_f64(f).map_or(serde_json::Value::Null, serde_json::Value::Number)
 }
 
 fn parse_outcome(text: &str) -> Outcome {

@@ -259,11 +259,10 @@ function describe(e) {
   return stringify({ error: { status, message: message.slice(0, 2048), stack: stack.slice(0, 4096) } });
 }
 
-const MISSING = stringify({ missing: true });
-
 // Runs a handler. `payload` and `meta` arrive as fresh objects (the engine builds them as
-// `JSON.parse` would). Answers with the outcome's JSON text, or, when the handler returned
-// a promise (an async handler), with a promise of it.
+// `JSON.parse` would). Answers `[result]` (the engine reads it as `JSON.stringify` would,
+// see `engine::Reader`), an outcome's JSON text (a missing handler or an error), or, when
+// the handler returned a promise (an async handler), a promise of one of those.
 host.dispatch = function dispatch(kind, key, payload, meta) {
   try {
     const handler = registry[kind] && registry[kind].get(key);
@@ -279,7 +278,7 @@ host.dispatch = function dispatch(kind, key, payload, meta) {
       log: logger,
     });
     let result;
-    let answer = encode;
+    let answer = wrap;
     if (kind === "call") {
       result = handler(freeze({ data: payload.data, auth: ctx.auth }), ctx);
     } else if (kind === "cron") {
@@ -289,7 +288,7 @@ host.dispatch = function dispatch(kind, key, payload, meta) {
       const e = payload;
       e.auth = ctx.auth;
       result = handler(e, ctx);
-      if (key.startsWith("before")) answer = () => encode(e.data);
+      if (key.startsWith("before")) answer = () => [e.data];
     }
     if (result !== null && (typeof result === "object" || typeof result === "function") && typeof result.then === "function") {
       return Promise.resolve(result).then(answer).then(undefined, describe);
@@ -300,11 +299,14 @@ host.dispatch = function dispatch(kind, key, payload, meta) {
   }
 };
 
-function encode(result) {
-  const text = stringify({ ok: result === undefined ? null : result });
-  if (text === undefined) throw new TypeError("the result is not JSON");
-  return text;
-}
+const MISSING = stringify({ missing: true });
+const wrap = (result) => [result];
+
+// What the engine's reader hands back for a value that is not plain data (a Date, a class
+// instance, anything with `toJSON`, a proxy): its JSON text as the property `key` of an
+// object, so `toJSON(key)` sees the key it would in `JSON.stringify` of the whole result.
+host.encode = (key, value) => stringify({ [key]: value });
+host.describe = describe;
 
 host.manifest = () =>
   stringify({
